@@ -1,0 +1,86 @@
+"""Helpers every benchmark shares: synthetic Criteo-shaped batches, timing, and the --json convention."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from model.network import InputSchema
+from model.training import Batch
+
+# Criteo Kaggle's categorical cardinalities, capped at 100k rows per table.
+CRITEO_CARDINALITIES = tuple(
+    min(c, 100_000)
+    for c in (
+        1460,
+        583,
+        10131227,
+        2202608,
+        305,
+        24,
+        12517,
+        633,
+        3,
+        93145,
+        5683,
+        8351593,
+        3194,
+        27,
+        14992,
+        5461306,
+        10,
+        5652,
+        2173,
+        4,
+        7046547,
+        18,
+        15,
+        286181,
+        105,
+        142572,
+    )
+)
+CRITEO_SCHEMA = InputSchema(num_dense=13, cardinalities=CRITEO_CARDINALITIES)
+
+
+def synthetic_batch(schema: InputSchema, batch_size: int, generator: torch.Generator, device: str = "cpu") -> Batch:
+    """Log-transformed heavy-tailed dense values, skewed categorical ids, ~25% positives."""
+    dense = torch.log1p(torch.empty(batch_size, schema.num_dense).exponential_(0.01, generator=generator))
+    uniform = torch.rand(batch_size, schema.num_sparse, generator=generator)
+    cards = torch.tensor(schema.cardinalities, dtype=torch.float64)
+    sparse = (cards ** uniform.double() - 1).long().clamp_max(cards.long() - 1)  # log-uniform: small ids frequent
+    label = (torch.rand(batch_size, generator=generator) < 0.25).float()
+    return Batch(dense, sparse, label).to(device)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = lambda: None) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def summary(times: list[float], batch_size: int) -> dict[str, float]:
+    median = statistics.median(times)
+    return {"median_step_ms": median * 1e3, "samples_per_s": batch_size / median, "steps": len(times)}
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every figure to this JSON file")
+
+
+def write_json(path: Path | None, figures: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"figures written to {path}")

@@ -1,0 +1,1 @@
+"""One thin Kubeflow component per pipeline step (later issues)."""

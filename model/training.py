@@ -1,0 +1,123 @@
+"""Training steps shared by supernets and standalone networks, with an Adagrad that updates slices.
+
+A supernet step trains one subnet. Its weights are taken as leaves (views or copies of supernet
+slices), so backward costs what the subnet costs; the optimiser then updates only those slices of
+the supernet and of its accumulators. That is exactly a dense Adagrad step whose gradient is zero
+outside the slices (Adagrad leaves such entries unchanged), without touching the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.arch import Architecture
+from model.supernet import Index, Supernet
+
+Update = tuple[nn.Parameter, "Index | None", Tensor]  # parameter, the slice trained (None: all), its gradient
+
+
+@dataclass
+class Batch:
+    dense: Tensor  # (B, n_dense) float32
+    sparse: Tensor  # (B, n_sparse) int64
+    label: Tensor  # (B,) float32 in {0, 1}
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return Batch(*(t.to(device, non_blocking=non_blocking) for t in (self.dense, self.sparse, self.label)))
+
+
+class SliceAdagrad:
+    """Adagrad (torch.optim.Adagrad semantics, no lr decay or weight decay) over slices of parameters."""
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float, eps: float = 1e-2):
+        self.lr = lr
+        self.eps = eps
+        self.state_sums = {p: torch.zeros_like(p) for p in params}
+
+    @torch.no_grad()
+    def apply(self, updates: Iterable[Update]) -> None:
+        for param, index, grad in updates:
+            state = self.state_sums[param]
+            if grad.is_sparse:  # embedding rows
+                grad = grad.coalesce()
+                rows, values = grad.indices()[0], grad.values()
+                sums = state.index_select(0, rows).addcmul_(values, values)
+                state.index_copy_(0, rows, sums)
+                param.index_add_(0, rows, values / sums.sqrt().add_(self.eps), alpha=-self.lr)
+            elif index is None:
+                state.addcmul_(grad, grad)
+                param.addcdiv_(grad, state.sqrt().add_(self.eps), value=-self.lr)
+            else:
+                sums = state[index].addcmul_(grad, grad)
+                weights = param[index].addcdiv_(grad, sums.sqrt().add_(self.eps), value=-self.lr)
+                if not all(isinstance(i, slice) for i in index):  # a gathered copy, not a view: write back
+                    state[index] = sums
+                    param[index] = weights
+
+
+def clip_gradients(updates: list[Update], max_norm: float) -> tuple[list[Update], float]:
+    """Scale all gradients together so their global L2 norm is at most `max_norm` (sparse ones included)."""
+    grads = [g.coalesce().values() if g.is_sparse else g for _, _, g in updates]
+    total = math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads))
+    scale = max_norm / (total + 1e-6)
+    if scale >= 1.0:
+        return updates, total
+    return [(p, i, g * scale) for p, i, g in updates], total
+
+
+def _take_gradients(params: Iterable[nn.Parameter]) -> list[Update]:
+    updates = [(p, None, p.grad) for p in params if p.grad is not None]
+    for p in params:
+        p.grad = None
+    return updates
+
+
+def network_step(net: nn.Module, batch: Batch, optimizer: SliceAdagrad, max_grad_norm: float = 5.0) -> Tensor:
+    """One step of a whole network (a NASRecNet, or a supernet's full path). Returns the detached loss."""
+    loss = F.binary_cross_entropy_with_logits(net(batch.dense, batch.sparse), batch.label)
+    loss.backward()
+    params = list(net.parameters())
+    optimizer.apply(clip_gradients(_take_gradients(params), max_grad_norm)[0])
+    return loss.detach()
+
+
+def supernet_step(
+    supernet: Supernet, arch: Architecture | None, batch: Batch, optimizer: SliceAdagrad, max_grad_norm: float = 5.0
+) -> Tensor:
+    """One step of the subnet `arch` (None: the full path), training the supernet slices it uses."""
+    if arch is None:
+        return network_step(supernet.network, batch, optimizer, max_grad_norm)
+    params = dict(supernet.network.named_parameters())
+    slices = supernet.weight_slices(arch)
+    with torch.no_grad():
+        weights = {
+            name: params[name] if index is None else params[name][index].requires_grad_()
+            for name, index in slices.items()
+        }
+    loss = F.binary_cross_entropy_with_logits(
+        supernet.run_subnet(arch, weights, batch.dense, batch.sparse), batch.label
+    )
+    loss.backward()
+    whole = [params[name] for name, index in slices.items() if index is None]
+    updates = _take_gradients(whole) + [
+        (params[name], index, weights[name].grad)
+        for name, index in slices.items()
+        if index is not None and weights[name].grad is not None
+    ]
+    optimizer.apply(clip_gradients(updates, max_grad_norm)[0])
+    return loss.detach()
+
+
+def learning_rate(step: int, total_steps: int, peak: float, warmup_fraction: float = 0.1) -> float:
+    """Linear warm-up over the first `warmup_fraction` of steps, then cosine decay to zero."""
+    warmup = max(1, round(total_steps * warmup_fraction))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))

@@ -1,0 +1,1 @@
+"""Kubeflow pipeline definitions, local runs, and the `nasrec` command line."""

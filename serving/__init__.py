@@ -1,0 +1,1 @@
+"""ONNX export, Triton model repository, local Triton launcher and gRPC client (later issues)."""
