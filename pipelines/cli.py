@@ -80,12 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train a supernet briefly on synthetic data and evaluate a sampled subnet")
     demo.add_argument("--space", default="demo", help="search space preset (see `nasrec spaces`); default: demo")
-    demo.add_argument("--steps", type=int, default=300, help="supernet training steps (default: 300)")
+    demo.add_argument("--steps", type=int, default=1500, help="supernet training steps (default: 1500)")
     demo.add_argument(
         "--warmup-steps",
         type=int,
-        default=100,
-        help="steps over which the full-path probability falls from 1 to 0 (default: 100)",
+        default=300,
+        help="steps over which the full-path probability falls from 1 to 0 (default: 300)",
     )
     demo.add_argument("--batch-size", type=int, default=512, help="rows per step (default: 512)")
     demo.add_argument("--seed", type=int, default=0, help="seeds data, weights and sampling (default: 0)")
