@@ -1,0 +1,121 @@
+"""The Feast feature repository generated from a dataset schema.
+
+One typed event table (the offline source) feeds one event-level feature view keyed by event_id, and one
+feature view per entity (e.g. Avazu's device, site, app) keyed by the entity's column. `feature_store.yaml`
+is the local default (DuckDB offline store, SQLite online store); `feature_store.production.yaml` shows the
+cluster setting (Redis online store, Spark offline store) for the same definitions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import runpy
+
+import yaml
+from feast import Entity, FeatureService, FeatureStore, FeatureView
+from feast.data_source import DataSource
+
+from features.readers import EVENT_ID, EVENT_TIMESTAMP
+from features.schema import DatasetSchema
+
+DEFINITIONS = "definitions.py"
+
+
+def feature_service_name(schema: DatasetSchema) -> str:
+    return f"{schema.name}_service_v1"
+
+
+def local_config(schema: DatasetSchema, repo: Path) -> dict:
+    return {
+        "project": schema.name,
+        "registry": str(repo / "data" / "registry.db"),
+        "provider": "local",
+        "offline_store": {"type": "duckdb"},
+        "online_store": {"type": "sqlite", "path": str(repo / "data" / "online_store.db")},
+        "entity_key_serialization_version": 3,
+    }
+
+
+def production_config(schema: DatasetSchema) -> dict:
+    return {
+        "project": schema.name,
+        "registry": {"registry_type": "sql", "path": "${FEAST_REGISTRY_URL}", "cache_ttl_seconds": 60},
+        "provider": "local",
+        "offline_store": {"type": "spark", "spark_conf": {"spark.master": "${SPARK_MASTER}"}},
+        "online_store": {"type": "redis", "connection_string": "${REDIS_CONNECTION_STRING}"},
+        "entity_key_serialization_version": 3,
+    }
+
+
+def render_definitions(schema: DatasetSchema, source_path: Path) -> str:
+    """Flat Feast definitions in dependency order: entities, source, feature views, feature service."""
+    name = schema.name
+    dense = set(schema.dense)
+
+    def fields(features) -> str:
+        return ",\n        ".join(f'Field(name="{f}", dtype={"Float32" if f in dense else "String"})' for f in features)
+
+    keys = {e.key for e in schema.entities}
+    event_features = [f for f in schema.event_features if f not in keys]
+    lines = [
+        f"# Generated from dataset schema {name!r} by features.feast_repo: regenerate rather than edit.",
+        "from datetime import timedelta",
+        "",
+        "from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType",
+        "from feast.types import Float32, String",
+        "",
+        f'event = Entity(name="event", join_keys=["{EVENT_ID}"], value_type=ValueType.INT64)',
+    ]
+    lines += [f'{e.name} = Entity(name="{e.name}", join_keys=["{e.key}"], value_type=ValueType.STRING)'
+              for e in schema.entities]
+    lines += [
+        "",
+        f'{name}_source = FileSource(name="{name}_source", path="{source_path}", timestamp_field="{EVENT_TIMESTAMP}")',
+        "",
+        f"{name}_event_fv = FeatureView(",
+        f'    name="{name}_event_fv",',
+        "    entities=[event],",
+        "    ttl=timedelta(0),",
+        f"    schema=[\n        {fields(event_features)},\n    ],",
+        f"    source={name}_source,",
+        ")",
+    ]
+    for e in schema.entities:
+        lines += [
+            f"{name}_{e.name}_fv = FeatureView(",
+            f'    name="{name}_{e.name}_fv",',
+            f"    entities=[{e.name}],",
+            "    ttl=timedelta(0),",
+            f"    schema=[\n        {fields(e.features)},\n    ],",
+            f"    source={name}_source,",
+            ")",
+        ]
+    views = ", ".join([f"{name}_event_fv", *(f"{name}_{e.name}_fv" for e in schema.entities)])
+    lines += ["", f'{feature_service_name(schema)} = FeatureService(name="{feature_service_name(schema)}", features=[{views}])', ""]
+    return "\n".join(lines)
+
+
+def write_repo(schema: DatasetSchema, repo: Path, source_path: Path) -> None:
+    """Write feature_store.yaml, the production variant and the generated definitions into `repo`."""
+    (repo / "data").mkdir(parents=True, exist_ok=True)
+    (repo / "feature_store.yaml").write_text(yaml.safe_dump(local_config(schema, repo.resolve()), sort_keys=False))
+    (repo / "feature_store.production.yaml").write_text(
+        "# Cluster setting: the same definitions over Redis (online) and Spark (offline).\n"
+        + yaml.safe_dump(production_config(schema), sort_keys=False)
+    )
+    (repo / DEFINITIONS).write_text(render_definitions(schema, source_path.resolve()))
+    (repo / ".feastignore").write_text("data/\n*.yaml\n")
+
+
+def apply_repo(repo: Path) -> FeatureStore:
+    """Register the repo's generated definitions (what `feast apply` in the repo does) and return the store.
+
+    The file is executed by path rather than imported, so repos of several datasets in one process do not
+    share a cached module.
+    """
+    store = FeatureStore(repo_path=str(repo))
+    namespace = runpy.run_path(str(repo / DEFINITIONS))
+    kinds = (Entity, DataSource, FeatureView, FeatureService)
+    store.apply([obj for obj in namespace.values() if isinstance(obj, kinds)])
+    return store
