@@ -8,9 +8,8 @@ cluster setting (Redis online store, Spark offline store) for the same definitio
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import runpy
+from pathlib import Path
 
 import yaml
 from feast import Entity, FeatureService, FeatureStore, FeatureView
@@ -26,13 +25,14 @@ def feature_service_name(schema: DatasetSchema) -> str:
     return f"{schema.name}_service_v1"
 
 
-def local_config(schema: DatasetSchema, repo: Path) -> dict:
+def local_config(schema: DatasetSchema) -> dict:
+    """Paths are relative to the repo, so the repo can be moved (ingest builds it aside, then moves it)."""
     return {
         "project": schema.name,
-        "registry": str(repo / "data" / "registry.db"),
+        "registry": "data/registry.db",
         "provider": "local",
         "offline_store": {"type": "duckdb"},
-        "online_store": {"type": "sqlite", "path": str(repo / "data" / "online_store.db")},
+        "online_store": {"type": "sqlite", "path": "data/online_store.db"},
         "entity_key_serialization_version": 3,
     }
 
@@ -67,8 +67,10 @@ def render_definitions(schema: DatasetSchema, source_path: Path) -> str:
         "",
         f'event = Entity(name="event", join_keys=["{EVENT_ID}"], value_type=ValueType.INT64)',
     ]
-    lines += [f'{e.name} = Entity(name="{e.name}", join_keys=["{e.key}"], value_type=ValueType.STRING)'
-              for e in schema.entities]
+    lines += [
+        f'{e.name} = Entity(name="{e.name}", join_keys=["{e.key}"], value_type=ValueType.STRING)'
+        for e in schema.entities
+    ]
     lines += [
         "",
         f'{name}_source = FileSource(name="{name}_source", path="{source_path}", timestamp_field="{EVENT_TIMESTAMP}")',
@@ -92,14 +94,18 @@ def render_definitions(schema: DatasetSchema, source_path: Path) -> str:
             ")",
         ]
     views = ", ".join([f"{name}_event_fv", *(f"{name}_{e.name}_fv" for e in schema.entities)])
-    lines += ["", f'{feature_service_name(schema)} = FeatureService(name="{feature_service_name(schema)}", features=[{views}])', ""]
+    lines += [
+        "",
+        f'{feature_service_name(schema)} = FeatureService(name="{feature_service_name(schema)}", features=[{views}])',
+        "",
+    ]
     return "\n".join(lines)
 
 
 def write_repo(schema: DatasetSchema, repo: Path, source_path: Path) -> None:
     """Write feature_store.yaml, the production variant and the generated definitions into `repo`."""
     (repo / "data").mkdir(parents=True, exist_ok=True)
-    (repo / "feature_store.yaml").write_text(yaml.safe_dump(local_config(schema, repo.resolve()), sort_keys=False))
+    (repo / "feature_store.yaml").write_text(yaml.safe_dump(local_config(schema), sort_keys=False))
     (repo / "feature_store.production.yaml").write_text(
         "# Cluster setting: the same definitions over Redis (online) and Spark (offline).\n"
         + yaml.safe_dump(production_config(schema), sort_keys=False)

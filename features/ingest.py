@@ -60,8 +60,14 @@ class IngestResult:
         return self.out_dir / "feature_repo"
 
 
-def ingest(schema: DatasetSchema, raw_paths: list[Path], out_dir: Path, split: SplitSpec = SplitSpec(),
-           max_reject_fraction: float = 0.01, log=print) -> IngestResult:
+def ingest(
+    schema: DatasetSchema,
+    raw_paths: list[Path],
+    out_dir: Path,
+    split: SplitSpec = SplitSpec(),
+    max_reject_fraction: float = 0.01,
+    log=print,
+) -> IngestResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = out_dir / ".staging"
@@ -99,8 +105,13 @@ def ingest(schema: DatasetSchema, raw_paths: list[Path], out_dir: Path, split: S
             "rejected": reader.stats.rejected,
             "reject_reasons": reader.stats.reasons,
             "label_rate": float(frame[schema.label].mean()),
-            "splits": {n: {"rows": int((assignment == n).sum()),
-                           "label_rate": float(frame.loc[assignment == n, schema.label].mean())} for n in SPLITS},
+            "splits": {
+                n: {
+                    "rows": int((assignment == n).sum()),
+                    "label_rate": float(frame.loc[assignment == n, schema.label].mean()),
+                }
+                for n in SPLITS
+            },
             "cardinalities": dict(zip(schema.categorical_names, transform.cardinalities)),
             "read_seconds": round(read_seconds, 3),
             "total_seconds": round(time.perf_counter() - started, 3),

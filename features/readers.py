@@ -11,7 +11,6 @@ import csv
 import gzip
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from features.schema import DatasetSchema
 EVENT_ID = "event_id"
 EVENT_TIMESTAMP = "event_timestamp"
 BLOCK_BYTES = 8 << 20
+MIN_ROWS_TO_JUDGE = 1000
 
 
 class IngestError(ValueError):
@@ -45,7 +45,7 @@ class ReadStats:
 
 
 def _open_bytes(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
 def count_data_rows(path: Path, header: bool) -> int:
@@ -67,8 +67,14 @@ class RawReader:
     missing).
     """
 
-    def __init__(self, schema: DatasetSchema, paths: list[Path], rejects_path: Path | None = None,
-                 max_reject_fraction: float = 0.01, block_bytes: int = BLOCK_BYTES):
+    def __init__(
+        self,
+        schema: DatasetSchema,
+        paths: list[Path],
+        rejects_path: Path | None = None,
+        max_reject_fraction: float = 0.01,
+        block_bytes: int = BLOCK_BYTES,
+    ):
         if not paths:
             raise IngestError("no input files given")
         self.schema = schema
@@ -104,21 +110,21 @@ class RawReader:
                 first_row = self._next_row
             if self.stats.rows == 0:
                 raise IngestError(f"{', '.join(map(str, self.paths))}: no valid rows")
+            self._check_reject_fraction(self.paths[-1], final=True)
         finally:
             if rejects_file:
                 rejects_file.close()
 
-    def _check_reject_fraction(self, path: Path) -> None:
+    def _check_reject_fraction(self, path: Path, final: bool = False) -> None:
+        """Fail once the rejected fraction exceeds the limit; judged from 1,000 rows on, or at the end."""
         seen = self.stats.rows + self.stats.rejected
-        # judge only once enough rows are seen, so one bad row early does not fail a large file
-        if seen >= 1000 or seen == self.stats.rejected:
-            fraction = self.stats.rejected / max(seen, 1)
-            if fraction > self.max_reject_fraction and (seen >= 1000 or self.stats.rejected >= 10):
-                raise IngestError(
-                    f"{path}: {self.stats.rejected} of {seen} rows rejected ({fraction:.1%}, limit "
-                    f"{self.max_reject_fraction:.1%}); reasons {self.stats.reasons}; see "
-                    f"{self.rejects_path or 'a rejects file (pass one to see each row)'}"
-                )
+        fraction = self.stats.rejected / max(seen, 1)
+        if (seen >= MIN_ROWS_TO_JUDGE or final) and fraction > self.max_reject_fraction:
+            raise IngestError(
+                f"{path}: {self.stats.rejected} of {seen} rows rejected ({fraction:.1%}, limit "
+                f"{self.max_reject_fraction:.1%}); reasons {self.stats.reasons}; see "
+                f"{self.rejects_path or 'a rejects file (pass one to see each row)'}"
+            )
 
     # --- delimited text -------------------------------------------------------------------------------
 
@@ -130,19 +136,25 @@ class RawReader:
         skipped: list[tuple[int, str]] = []
 
         def on_invalid(row) -> str:
-            skipped.append((row.number, f"field count: expected {row.expected_columns}, got {row.actual_columns}",
-                            row.text))
+            skipped.append(
+                (row.number, f"field count: expected {row.expected_columns}, got {row.actual_columns}", row.text)
+            )
             return "skip"
 
         stream = pacsv.open_csv(
             pa.input_stream(str(path), compression="detect"),
-            read_options=pacsv.ReadOptions(column_names=columns, skip_rows=int(schema.header),
-                                           block_size=self.block_bytes, use_threads=False),
-            parse_options=pacsv.ParseOptions(delimiter=schema.delimiter, invalid_row_handler=on_invalid,
-                                             ignore_empty_lines=False, quote_char=False),
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in columns},
-                                                 include_columns=list(schema.required_columns),
-                                                 null_values=[""], strings_can_be_null=True),
+            read_options=pacsv.ReadOptions(
+                column_names=columns, skip_rows=int(schema.header), block_size=self.block_bytes, use_threads=False
+            ),
+            parse_options=pacsv.ParseOptions(
+                delimiter=schema.delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=False, quote_char=False
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in columns},
+                include_columns=list(schema.required_columns),
+                null_values=[""],
+                strings_can_be_null=True,
+            ),
         )
         header_lines = int(schema.header)
         parsed = 0  # parsed (not skipped) rows so far in this file
@@ -178,8 +190,9 @@ class RawReader:
             return list(schema.columns)
         missing = [c for c in schema.required_columns if c not in fields]
         if missing:
-            raise IngestError(f"{path}: header lacks columns {missing} that schema {schema.name!r} needs; "
-                              f"header: {fields[:30]}")
+            raise IngestError(
+                f"{path}: header lacks columns {missing} that schema {schema.name!r} needs; header: {fields[:30]}"
+            )
         return fields
 
     @staticmethod
@@ -237,8 +250,11 @@ class RawReader:
         spec = self.schema.timestamp
         if spec.source == "row_order":
             if self._total_rows is None:
-                self._total_rows = sum(count_data_rows(p, self.schema.header) for p in self.paths) \
-                    if self.schema.format == "delimited" else sum(pq.ParquetFile(p).metadata.num_rows for p in self.paths)
+                self._total_rows = (
+                    sum(count_data_rows(p, self.schema.header) for p in self.paths)
+                    if self.schema.format == "delimited"
+                    else sum(pq.ParquetFile(p).metadata.num_rows for p in self.paths)
+                )
             start = pd.Timestamp(spec.start)
             offsets = (rows / max(self._total_rows, 1) * spec.span_days * 86400e6).astype(np.int64)
             return start + pd.to_timedelta(offsets, unit="us")
@@ -269,10 +285,3 @@ def _numbers(column: pa.ChunkedArray, name: str, bad: dict[int, str]) -> np.ndar
         for i in np.flatnonzero(values.isna().to_numpy() & raw.notna().to_numpy()):
             bad.setdefault(int(i), f"{name}: not a number: {raw.iloc[int(i)]!r}")
         return values.to_numpy(dtype=np.float64)
-
-
-def parse_start(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
-__all__ = ["EVENT_ID", "EVENT_TIMESTAMP", "IngestError", "RawReader", "ReadStats", "count_data_rows", "timedelta"]

@@ -29,7 +29,9 @@ class Categorical:
 
     def __post_init__(self) -> None:
         if self.encoding not in ENCODINGS:
-            raise ValueError(f"categorical {self.name!r}: encoding must be one of {list(ENCODINGS)}, got {self.encoding!r}")
+            raise ValueError(
+                f"categorical {self.name!r}: encoding must be one of {list(ENCODINGS)}, got {self.encoding!r}"
+            )
         if self.encoding == "hash" and self.buckets < 2:
             raise ValueError(f"categorical {self.name!r}: hash encoding needs buckets >= 2, got {self.buckets}")
         if self.min_count < 1:
@@ -100,7 +102,9 @@ class DatasetSchema:
         for entity in self.entities:
             unknown = [f for f in (entity.key, *entity.features) if f not in categorical]
             if unknown:
-                raise ValueError(f"schema {self.name!r}: entity {entity.name!r} uses {unknown}, not categorical features")
+                raise ValueError(
+                    f"schema {self.name!r}: entity {entity.name!r} uses {unknown}, not categorical features"
+                )
 
     @property
     def categorical_names(self) -> tuple[str, ...]:

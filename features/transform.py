@@ -68,7 +68,9 @@ class FeatureTransform:
     @classmethod
     def fit(cls, schema: DatasetSchema, frames: Iterable[pd.DataFrame]) -> FeatureTransform:
         """Fit on training rows only (an iterable of chunks, so data of any size streams through)."""
-        counts: dict[str, pd.Series] = {c.name: pd.Series(dtype=np.int64) for c in schema.categorical if c.encoding == "vocab"}
+        counts: dict[str, pd.Series] = {
+            c.name: pd.Series(dtype=np.int64) for c in schema.categorical if c.encoding == "vocab"
+        }
         for frame in frames:
             for name in counts:
                 counts[name] = counts[name].add(frame[name].value_counts(), fill_value=0)
@@ -94,7 +96,9 @@ class FeatureTransform:
             dense = np.zeros((len(frame), 1), dtype=np.float32)
         sparse = np.empty((len(frame), len(self.categorical)), dtype=np.int64)
         for j, encoding in enumerate(self.categorical):
-            sparse[:, j] = encoding.encode(frame[encoding.name].astype(object).where(frame[encoding.name].notna(), None))
+            sparse[:, j] = encoding.encode(
+                frame[encoding.name].astype(object).where(frame[encoding.name].notna(), None)
+            )
         return dense, sparse
 
     def to_dict(self) -> dict:
@@ -103,7 +107,9 @@ class FeatureTransform:
             "schema": self.schema_name,
             "dense": list(self.dense),
             "categorical": [
-                {"name": e.name, "buckets": e.buckets} if e.buckets else {"name": e.name, "vocabulary": list(e.vocabulary)}
+                {"name": e.name, "buckets": e.buckets}
+                if e.buckets
+                else {"name": e.name, "vocabulary": list(e.vocabulary)}
                 for e in self.categorical
             ],
         }
