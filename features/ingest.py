@@ -20,6 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 from feast import FeatureStore
 
 from features.feast_repo import apply_repo, feature_service_name, write_repo
+from features.prefetch import prefetch
 from features.readers import EVENT_ID, EVENT_TIMESTAMP, IngestError, RawReader
 from features.schema import DatasetSchema
 from features.transform import FeatureTransform, dense_columns
@@ -136,7 +138,7 @@ def write_events(reader: RawReader, path: Path) -> int:
     writer = None
     rows = 0
     try:
-        for chunk in reader.chunks():
+        for chunk in prefetch(reader.chunks()):  # parse the next block while this one is written
             table = pa.Table.from_pandas(chunk, preserve_index=False)
             if writer is None:
                 writer = pq.ParquetWriter(path, table.schema)
@@ -199,8 +201,24 @@ class OnlineFeatures:
         service = self.store.get_feature_service(feature_service_name(schema))
         self._views = {p.name: [f.name for f in p.features] for p in service.feature_view_projections}
 
-    def materialize(self, start: datetime, end: datetime) -> None:
-        self.store.materialize(start_date=start, end_date=end)
+    def materialize(self, start: datetime, end: datetime, rows_per_window: int = 50_000, log=None) -> int:
+        """Write the latest feature values in [start, end) to the online store; returns the rows read.
+
+        Feast holds a whole materialisation window in memory as Python objects (about 24 GB for 1M Criteo
+        rows), so the range is cut into windows of about `rows_per_window` events each, in time order.
+        """
+        source = self.store.get_feature_view(f"{self.schema.name}_event_fv").batch_source.path
+        times = pq.read_table(source, columns=[EVENT_TIMESTAMP])[EVENT_TIMESTAMP].to_pandas()
+        times = times[(times >= pd.Timestamp(start)) & (times < pd.Timestamp(end))].sort_values()
+        if times.empty:
+            return 0
+        cuts = times.iloc[rows_per_window::rows_per_window].drop_duplicates().tolist()
+        bounds = [pd.Timestamp(start), *cuts, pd.Timestamp(end)]
+        for i, (lo, hi) in enumerate(pairwise(bounds)):
+            self.store.materialize(start_date=lo.to_pydatetime(), end_date=hi.to_pydatetime())
+            if log:
+                log(f"materialised window {i + 1}/{len(bounds) - 1}")
+        return len(times)
 
     def lookup(self, keys: dict[str, list], request: dict[str, list] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Features for the given entity keys (e.g. {"event_id": [...]} or {"device_id": [...], ...}).
@@ -216,10 +234,5 @@ class OnlineFeatures:
         }
         refs = [f"{view}:{f}" for view, key in view_keys.items() if key in keys for f in self._views[view]]
         rows = [dict(zip(keys, values)) for values in zip(*keys.values())]
-        frame = pd.DataFrame(keys)
-        if refs:
-            found = self.store.get_online_features(features=refs, entity_rows=rows).to_dict()
-            frame = frame.assign(**{k: v for k, v in found.items() if k not in keys})
-        if request:
-            frame = frame.assign(**request)
-        return self.transform.transform(frame)
+        found = self.store.get_online_features(features=refs, entity_rows=rows).to_dict() if refs else {}
+        return self.transform.transform({**found, **keys, **(request or {})})

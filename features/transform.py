@@ -8,16 +8,19 @@ fitted transform is a versioned JSON artifact used by training, Feast lookups an
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.schema import DatasetSchema
 
 FORMAT_VERSION = 1
+SMALL_INPUT = 2048  # rows up to which vocabulary lookups use a Python dict
 HASH_KEY = "nasrec-features0"  # 16 bytes: a fixed key makes hashes equal across processes and machines
 
 
@@ -31,23 +34,67 @@ class Encoding:
     def cardinality(self) -> int:
         return self.buckets if self.buckets else len(self.vocabulary) + 1
 
-    def encode(self, values: pd.Series) -> np.ndarray:
+    def encode(self, values: Sequence) -> np.ndarray:
+        """Values (any dtype; missing as None/NaN) -> int64 ids; 0 for missing or unseen."""
+        strings = _as_strings(values)
         if self.buckets:
-            present = values.notna().to_numpy()
-            ids = np.zeros(len(values), dtype=np.int64)
-            hashed = pd.util.hash_array(values[present].astype(str).to_numpy(dtype=object), hash_key=HASH_KEY)
+            present = strings.is_valid().to_numpy(zero_copy_only=False)
+            ids = np.zeros(len(strings), dtype=np.int64)
+            hashed = pd.util.hash_array(
+                strings.filter(strings.is_valid()).to_numpy(zero_copy_only=False), hash_key=HASH_KEY
+            )
             ids[present] = (hashed % np.uint64(self.buckets - 1)).astype(np.int64) + 1
             return ids
-        codes = pd.Categorical(values, categories=self._categories).codes  # -1: missing or unseen
-        return codes.astype(np.int64) + 1
+        if len(strings) <= SMALL_INPUT:  # online lookups: a dict beats rebuilding Arrow's hash table per call
+            ids = self._ids
+            return np.fromiter((ids.get(v, 0) for v in strings.to_pylist()), dtype=np.int64, count=len(strings))
+        positions = pc.index_in(strings, value_set=self._value_set)  # null: missing or unseen
+        return positions.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
 
     @property
-    def _categories(self) -> pd.Index:
-        cached = self.__dict__.get("_index")
-        if cached is None:
-            cached = pd.Index(self.vocabulary, dtype=object)
-            object.__setattr__(self, "_index", cached)
-        return cached
+    def _value_set(self) -> pa.Array:
+        return self._cached("_values", lambda: pa.array(self.vocabulary, type=pa.string()))
+
+    @property
+    def _ids(self) -> dict[str, int]:
+        return self._cached("_id_of", lambda: {v: i + 1 for i, v in enumerate(self.vocabulary)})
+
+    def _cached(self, key: str, build):
+        if key not in self.__dict__:
+            object.__setattr__(self, key, build())
+        return self.__dict__[key]
+
+
+def _as_strings(values: Sequence) -> pa.Array:
+    """A column as an Arrow string array (Arrow-backed columns pass through without copies)."""
+    arrow = getattr(getattr(values, "array", None), "__arrow_array__", None)
+    array = arrow() if arrow is not None else pa.array(values, from_pandas=True)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if array.type == pa.string():
+        return array
+    if pa.types.is_floating(array.type):  # e.g. ids read as floats: 3.0 -> "3"
+        array = pc.cast(array, pa.int64(), safe=False)
+    return pc.cast(array, pa.string())
+
+
+class _VocabularyCounter:
+    """Streaming value counts in Arrow; compacted as it goes so memory follows distinct values."""
+
+    def __init__(self) -> None:
+        self.parts: list[pa.Table] = []
+
+    def add(self, values: pd.Series) -> None:
+        counts = pc.value_counts(_as_strings(values).drop_null())
+        self.parts.append(pa.table({"value": counts.field("values"), "count": counts.field("counts")}))
+        if len(self.parts) >= 16:
+            self.parts = [self.total()]
+
+    def total(self) -> pa.Table:
+        if not self.parts:
+            return pa.table({"value": pa.array([], pa.string()), "count": pa.array([], pa.int64())})
+        merged = pa.concat_tables(self.parts).group_by("value").aggregate([("count", "sum")])
+        return merged.rename_columns(["value", "count"])
 
 
 @dataclass(frozen=True)
@@ -68,37 +115,37 @@ class FeatureTransform:
     @classmethod
     def fit(cls, schema: DatasetSchema, frames: Iterable[pd.DataFrame]) -> FeatureTransform:
         """Fit on training rows only (an iterable of chunks, so data of any size streams through)."""
-        counts: dict[str, pd.Series] = {
-            c.name: pd.Series(dtype=np.int64) for c in schema.categorical if c.encoding == "vocab"
-        }
+        counters = {c.name: _VocabularyCounter() for c in schema.categorical if c.encoding == "vocab"}
         for frame in frames:
-            for name in counts:
-                counts[name] = counts[name].add(frame[name].value_counts(), fill_value=0)
+            for name, counter in counters.items():
+                counter.add(frame[name])
         encodings = []
         for spec in schema.categorical:
             if spec.encoding == "hash":
                 encodings.append(Encoding(spec.name, buckets=spec.buckets))
                 continue
-            kept = counts[spec.name][counts[spec.name] >= spec.min_count]
-            ordered = sorted(kept.items(), key=lambda kv: (-kv[1], str(kv[0])))  # frequent first, deterministic
-            encodings.append(Encoding(spec.name, vocabulary=tuple(str(v) for v, _ in ordered)))
+            counts = counters[spec.name].total().filter(pc.field("count") >= spec.min_count)
+            order = pc.sort_indices(counts, sort_keys=[("count", "descending"), ("value", "ascending")])
+            vocabulary = counts.column("value").take(order).to_pylist()  # frequent first, deterministic
+            encodings.append(Encoding(spec.name, vocabulary=tuple(vocabulary)))
         return cls(schema.name, tuple(schema.dense), tuple(encodings))
 
-    def transform(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Rows -> (dense float32 (n, num_dense), categorical ids int64 (n, n_categorical)), in schema order."""
-        missing = [c for c in (*self.dense, *(e.name for e in self.categorical)) if c not in frame.columns]
+    def transform(self, columns: Mapping[str, Sequence]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows -> (dense float32 (n, num_dense), categorical ids int64 (n, n_categorical)), in schema order.
+
+        `columns` is a DataFrame or a plain {name: values} mapping (cheaper for an online request).
+        """
+        missing = [c for c in (*self.dense, *(e.name for e in self.categorical)) if c not in columns]
         if missing:
             raise ValueError(f"feature transform ({self.schema_name}): input lacks columns {missing}")
-        if self.dense:
-            raw = frame[list(self.dense)].to_numpy(dtype=np.float32, na_value=np.nan)
-            dense = np.log1p(np.maximum(np.nan_to_num(raw, nan=0.0), 0.0)).astype(np.float32)
-        else:
-            dense = np.zeros((len(frame), 1), dtype=np.float32)
-        sparse = np.empty((len(frame), len(self.categorical)), dtype=np.int64)
+        rows = len(columns[self.categorical[0].name])
+        dense = np.zeros((rows, self.num_dense), dtype=np.float32)
+        for j, name in enumerate(self.dense):
+            raw = pd.array(columns[name], dtype="Float32").to_numpy(dtype=np.float32, na_value=0.0)
+            dense[:, j] = np.log1p(np.maximum(raw, 0.0))
+        sparse = np.empty((rows, len(self.categorical)), dtype=np.int64)
         for j, encoding in enumerate(self.categorical):
-            sparse[:, j] = encoding.encode(
-                frame[encoding.name].astype(object).where(frame[encoding.name].notna(), None)
-            )
+            sparse[:, j] = encoding.encode(columns[encoding.name])
         return dense, sparse
 
     def to_dict(self) -> dict:

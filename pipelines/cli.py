@@ -74,6 +74,29 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def _dataset_schema(value: str):
+    from features.schema import DatasetSchema, builtin_schema
+
+    return DatasetSchema.load(value) if value.endswith((".yaml", ".yml")) else builtin_schema(value)
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from features.ingest import SplitSpec, ingest
+
+    split = SplitSpec(
+        validation_fraction=args.validation_fraction, test_fraction=args.test_fraction, folds=args.folds, fold=args.fold
+    )
+    result = ingest(_dataset_schema(args.schema), args.data, args.out, split, args.max_reject_fraction)
+    print(json.dumps(result.stats, indent=2))
+
+
+def cmd_synthetic(args: argparse.Namespace) -> None:
+    from features.synthetic import write_synthetic_log
+
+    path = write_synthetic_log(_dataset_schema(args.schema), args.out, args.rows, args.seed, args.cardinality)
+    print(f"wrote {args.rows:,} rows to {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nasrec", description="NASRec: search, train and serve CTR models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +114,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seeds data, weights and sampling (default: 0)")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     demo.set_defaults(func=cmd_demo)
+
+    ingest = sub.add_parser(
+        "ingest", help="raw logs -> Feast offline store -> point-in-time train/validation/test splits"
+    )
+    ingest.add_argument("--schema", required=True, help="built-in schema (criteo, avazu) or a schema YAML file")
+    ingest.add_argument("--data", type=Path, nargs="+", required=True, help="raw log files (CSV/TSV, .gz, Parquet)")
+    ingest.add_argument("--out", type=Path, required=True, help="output folder (splits, transform, Feast repo)")
+    ingest.add_argument("--folds", type=Path, help="fold file (row,fold): split by fold instead of by time")
+    ingest.add_argument("--fold", type=int, default=0, help="with --folds: the test fold k (validation k+1)")
+    ingest.add_argument("--validation-fraction", type=float, default=0.1, help="time split (default: 0.1)")
+    ingest.add_argument("--test-fraction", type=float, default=0.1, help="time split: latest rows (default: 0.1)")
+    ingest.add_argument(
+        "--max-reject-fraction",
+        type=float,
+        default=0.01,
+        help="fail when more malformed rows than this (default: 0.01)",
+    )
+    ingest.set_defaults(func=cmd_ingest)
+
+    synthetic = sub.add_parser("synthetic", help="write a synthetic raw log with teacher labels in a schema's format")
+    synthetic.add_argument("--schema", default="criteo", help="built-in schema or schema YAML (default: criteo)")
+    synthetic.add_argument("--rows", type=int, default=100_000, help="rows to write (default: 100000)")
+    synthetic.add_argument("--cardinality", type=int, default=10_000, help="distinct values per feature")
+    synthetic.add_argument("--seed", type=int, default=0, help="teacher and data seed (default: 0)")
+    synthetic.add_argument("--out", type=Path, required=True, help="output file (.gz compresses)")
+    synthetic.set_defaults(func=cmd_synthetic)
 
     spaces = sub.add_parser("spaces", help="list the search-space presets")
     spaces.set_defaults(func=cmd_spaces)
