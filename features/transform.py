@@ -65,6 +65,14 @@ class Encoding:
         return self.__dict__[key]
 
 
+def _floats(values: Sequence) -> np.ndarray:
+    """A dense column as float32 with missing values as 0 (numeric arrays skip pandas' masked path)."""
+    array = np.asarray(values)
+    if array.dtype.kind != "f":
+        array = pd.array(values, dtype="Float32").to_numpy(dtype=np.float32, na_value=np.nan)
+    return np.nan_to_num(array.astype(np.float32, copy=False), nan=0.0)
+
+
 def _as_strings(values: Sequence) -> pa.Array:
     """A column as an Arrow string array (Arrow-backed columns pass through without copies)."""
     arrow = getattr(getattr(values, "array", None), "__arrow_array__", None)
@@ -141,8 +149,7 @@ class FeatureTransform:
         rows = len(columns[self.categorical[0].name])
         dense = np.zeros((rows, self.num_dense), dtype=np.float32)
         for j, name in enumerate(self.dense):
-            raw = pd.array(columns[name], dtype="Float32").to_numpy(dtype=np.float32, na_value=0.0)
-            dense[:, j] = np.log1p(np.maximum(raw, 0.0))
+            dense[:, j] = np.log1p(np.maximum(_floats(columns[name]), 0.0))
         sparse = np.empty((rows, len(self.categorical)), dtype=np.int64)
         for j, encoding in enumerate(self.categorical):
             sparse[:, j] = encoding.encode(columns[encoding.name])

@@ -19,6 +19,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     run_demo(
         DemoConfig(
+            rows=args.rows,
             space=args.space,
             steps=args.steps,
             warmup_steps=args.warmup_steps,
@@ -101,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nasrec", description="NASRec: search, train and serve CTR models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="train a supernet briefly on synthetic data and evaluate a sampled subnet")
+    demo = sub.add_parser(
+        "demo", help="ingest a synthetic log through Feast, train a supernet briefly, evaluate a sampled subnet"
+    )
     demo.add_argument("--space", default="demo", help="search space preset (see `nasrec spaces`); default: demo")
     demo.add_argument("--steps", type=int, default=1500, help="supernet training steps (default: 1500)")
     demo.add_argument(
@@ -111,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="steps over which the full-path probability falls from 1 to 0 (default: 300)",
     )
     demo.add_argument("--batch-size", type=int, default=512, help="rows per step (default: 512)")
+    demo.add_argument("--rows", type=int, default=300_000, help="synthetic log rows to ingest (default: 300000)")
     demo.add_argument("--seed", type=int, default=0, help="seeds data, weights and sampling (default: 0)")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     demo.set_defaults(func=cmd_demo)

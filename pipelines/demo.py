@@ -1,7 +1,9 @@
-"""The local demo: train a supernet briefly on synthetic teacher data, then evaluate one sampled subnet."""
+"""The local demo, until the Kubeflow pipeline lands: synthetic Criteo-format log -> Feast ingestion ->
+a short supernet training from the training split -> one sampled subnet evaluated on validation."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -11,7 +13,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from features.synthetic import TeacherCTR
+from features.ingest import SplitSpec, ingest
+from features.loader import ArrayBatch, SplitLoader
+from features.schema import builtin_schema
+from features.synthetic import write_synthetic_log
 from model.metrics import log_loss, roc_auc
 from model.network import InputSchema
 from model.sampling import ArchitectureSampler
@@ -27,48 +32,54 @@ class DemoConfig:
     warmup_steps: int = 300
     batch_size: int = 512
     lr: float = 0.12
-    validation_rows: int = 10_000
-    num_dense: int = 13
-    num_sparse: int = 26
+    rows: int = 300_000
     cardinality: int = 1000
     seed: int = 0
     out: Path = Path("runs/demo")
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def to_batch(data, device: str) -> Batch:
-    return Batch(torch.from_numpy(data.dense), torch.from_numpy(data.sparse), torch.from_numpy(data.label)).to(device)
+def to_batch(arrays: ArrayBatch, device: str) -> Batch:
+    tensors = (torch.from_numpy(arrays.dense), torch.from_numpy(arrays.sparse), torch.from_numpy(arrays.label))
+    return Batch(*tensors).to(device, non_blocking=True)
 
 
 @torch.no_grad()
-def predict(model, batch: Batch, arch=None, chunk: int = 4096) -> np.ndarray:
-    logits = [
-        model(batch.dense[i : i + chunk], batch.sparse[i : i + chunk], *([arch] if arch else []))
-        for i in range(0, len(batch.label), chunk)
-    ]
-    return torch.sigmoid(torch.cat(logits)).float().cpu().numpy()
+def predict(model, loader: SplitLoader, device: str) -> tuple[np.ndarray, np.ndarray]:
+    labels, scores = [], []
+    for arrays in loader:
+        batch = to_batch(arrays, device)
+        scores.append(torch.sigmoid(model(batch.dense, batch.sparse)).float().cpu().numpy())
+        labels.append(arrays.label)
+    return np.concatenate(labels), np.concatenate(scores)
 
 
 def run_demo(config: DemoConfig) -> dict:
     torch.manual_seed(config.seed)
+    schema = builtin_schema("criteo")
+    config.out.mkdir(parents=True, exist_ok=True)
+    raw = config.out / f"synthetic_criteo_{config.rows}_seed{config.seed}.txt"
+    if not raw.exists():
+        print(f"writing {config.rows:,} synthetic Criteo-format rows (teacher labels) to {raw}", flush=True)
+        write_synthetic_log(schema, raw, config.rows, seed=config.seed, cardinality=config.cardinality)
+    data = ingest(schema, [raw], config.out / "data", SplitSpec())
+    transform = data.transform
+    loader = SplitLoader(data.splits["train"], transform, config.batch_size, shuffle=True, seed=config.seed)
     space = get_space(config.space)
-    schema = InputSchema(config.num_dense, (config.cardinality,) * config.num_sparse)
-    teacher = TeacherCTR(schema.num_dense, schema.cardinalities, seed=config.seed)
-    validation = to_batch(teacher.sample(config.validation_rows, seed=config.seed + 1), config.device)
-    supernet = Supernet(space, schema).to(config.device)
+    supernet = Supernet(space, InputSchema(transform.num_dense, transform.cardinalities)).to(config.device)
     optimizer = SliceAdagrad(supernet.parameters(), lr=config.lr)
     sampler = ArchitectureSampler(space, seed=config.seed)
     print(
-        f"supernet over search space {space.name!r}: {supernet.network.num_parameters():,} shared weights, "
-        f"{config.steps} steps of {config.batch_size} synthetic rows on {config.device}"
+        f"supernet over search space {space.name!r}: {supernet.network.num_parameters():,} shared weights; "
+        f"{config.steps} steps of {config.batch_size} rows from {data.splits['train']} on {config.device}"
     )
+    batches = itertools.chain.from_iterable(itertools.repeat(loader))  # epochs, reshuffled each time
     start = time.perf_counter()
     progress = tqdm(range(config.steps), desc="supernet", unit="step", mininterval=1.0)
-    for step in progress:
-        batch = to_batch(teacher.sample(config.batch_size, seed=config.seed + 100 + step), config.device)
+    for step, arrays in zip(progress, batches):
         optimizer.lr = learning_rate(step, config.steps, config.lr)
         arch = sampler.sample_for_step(step, config.warmup_steps)
-        loss = supernet_step(supernet, arch, batch, optimizer)
+        loss = supernet_step(supernet, arch, to_batch(arrays, config.device), optimizer)
         elapsed = time.perf_counter() - start
         progress.set_postfix(
             loss=f"{loss.item():.4f}",
@@ -76,15 +87,17 @@ def run_demo(config: DemoConfig) -> dict:
             path="full" if arch is None else "subnet",
             refresh=False,
         )
-    labels = validation.label.cpu().numpy()
-    full_path = predict(supernet, validation)
+    train_seconds = time.perf_counter() - start
+    validation = SplitLoader(data.splits["validation"], transform, batch_size=4096)
+    labels, full_path = predict(supernet, validation, config.device)
     arch = ArchitectureSampler(space, seed=config.seed + 1).sample()
     net = supernet.extract(arch).eval()
-    probabilities = predict(net, validation)
+    _, probabilities = predict(net, validation, config.device)
     metrics = {
         "space": space.name,
         "steps": config.steps,
-        "train_seconds": round(time.perf_counter() - start, 2),
+        "train_seconds": round(train_seconds, 2),
+        "validation_rows": len(labels),
         "validation_label_rate": float(labels.mean()),
         "full_path_validation_auc": roc_auc(labels, full_path),
         "subnet_validation_auc": roc_auc(labels, probabilities),
@@ -93,7 +106,6 @@ def run_demo(config: DemoConfig) -> dict:
         "subnet_mflops": net.mflops(),
         "subnet_parameters": net.num_parameters(),
     }
-    config.out.mkdir(parents=True, exist_ok=True)
     arch.save(config.out / "subnet_architecture.json")
     (config.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(

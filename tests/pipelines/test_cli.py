@@ -26,7 +26,9 @@ def test_inspect_reports_bad_architecture_and_exits_nonzero(tmp_path):
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    main(["demo", "--steps", "4", "--warmup-steps", "2", "--batch-size", "64", "--out", str(tmp_path)])
+    main(
+        ["demo", "--steps", "4", "--warmup-steps", "2", "--batch-size", "64", "--rows", "3000", "--out", str(tmp_path)]
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0.0 <= metrics["subnet_validation_auc"] <= 1.0 and metrics["steps"] == 4
     Architecture.load(tmp_path / "subnet_architecture.json").check(get_space("demo"))
