@@ -102,7 +102,7 @@ class SplitLoader:
         block = ArrayBatch(
             dense=np.column_stack([table[c].to_numpy() for c in self.dense_columns]).astype(np.float32, copy=False),
             sparse=np.column_stack([table[c].to_numpy() for c in self.sparse_columns]).astype(np.int64, copy=False),
-            label=table[LABEL].to_numpy().astype(np.float32, copy=False),
+            label=table[LABEL].to_numpy().astype(np.float32),  # a copy: Arrow's zero-copy view is read-only
         )
         if self.shuffle:
             order = rng.permutation(len(block.label))

@@ -160,9 +160,10 @@ class RawReader:
         parsed = 0  # parsed (not skipped) rows so far in this file
         skipped_before = 0  # skipped lines already accounted for
         for batch in stream:
-            # file line of each parsed row: its index + header + skipped lines before it (1-based)
+            # file line of each parsed row (1-based): its index + header + the skipped lines before it, i.e.
+            # all skipped in earlier blocks, and those of this block that precede it
             skipped.sort()
-            lines = np.arange(parsed, parsed + batch.num_rows) + header_lines + 1
+            lines = np.arange(parsed, parsed + batch.num_rows) + header_lines + 1 + skipped_before
             for line, _, _ in skipped[skipped_before:]:
                 lines[lines >= line] += 1
             rejects = [(line, reason, text) for line, reason, text in skipped[skipped_before:]]
