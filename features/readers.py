@@ -97,7 +97,7 @@ class RawReader:
                 writer.writerow(["file", "line", "reason", "text"])
             first_row = 0
             for path in self.paths:
-                reader = self._parquet_chunks if self.schema.format == "parquet" else self._delimited_chunks
+                reader = self._parquet_chunks if self.schema.is_parquet(path) else self._delimited_chunks
                 for chunk, rejects in reader(path, first_row):
                     for line, reason, text in rejects:
                         self.stats.reject(reason)
@@ -251,10 +251,11 @@ class RawReader:
         spec = self.schema.timestamp
         if spec.source == "row_order":
             if self._total_rows is None:
-                self._total_rows = (
-                    sum(count_data_rows(p, self.schema.header) for p in self.paths)
-                    if self.schema.format == "delimited"
-                    else sum(pq.ParquetFile(p).metadata.num_rows for p in self.paths)
+                self._total_rows = sum(
+                    pq.ParquetFile(p).metadata.num_rows
+                    if self.schema.is_parquet(p)
+                    else count_data_rows(p, self.schema.header)
+                    for p in self.paths
                 )
             start = pd.Timestamp(spec.start)
             offsets = (rows / max(self._total_rows, 1) * spec.span_days * 86400e6).astype(np.int64)

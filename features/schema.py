@@ -106,6 +106,10 @@ class DatasetSchema:
                     f"schema {self.name!r}: entity {entity.name!r} uses {unknown}, not categorical features"
                 )
 
+    def is_parquet(self, path: Path) -> bool:
+        """Parquet when the schema says so or the file is named *.parquet; delimited text otherwise."""
+        return self.format == "parquet" or Path(path).suffix == ".parquet"
+
     @property
     def categorical_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.categorical)

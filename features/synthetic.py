@@ -75,7 +75,7 @@ class TeacherCTR:
 def write_synthetic_log(
     schema, path: Path, rows: int, seed: int = 0, cardinality: int = 10_000, chunk_rows: int = 100_000
 ) -> Path:
-    """Stream `rows` raw log rows in the schema's own format (delimited text, .gz allowed, or Parquet).
+    """Stream `rows` raw log rows: Parquet for a `.parquet` path, else the schema's text format (.gz allowed).
 
     Labels come from a fixed TeacherCTR over the ids, so the data is learnable; memory is bounded by
     `chunk_rows`, whatever `rows` is. Categorical values are written as 8-hex-digit tokens (as in Criteo),
@@ -95,7 +95,7 @@ def write_synthetic_log(
             counts = np.expm1(batch.dense).round().astype(np.int64).astype(str).astype(object)
             for j, name in enumerate(schema.dense):
                 column = counts[:, j].copy()
-                column[rng.random(n) < 0.05] = ""
+                column[rng.random(n) < 0.05] = None  # missing: empty in text, null in Parquet
                 data[name] = column
             for j, name in enumerate(schema.categorical_names):
                 data[name] = np.char.mod("%08x", (batch.sparse[:, j] * 2654435761 + j) % 2**32).astype(object)
@@ -126,7 +126,7 @@ class _LogWriter:
         self.columns = list(schema.columns or schema.required_columns)
         self._parquet = None
         self._text = None
-        if schema.format == "delimited":
+        if not schema.is_parquet(path):
             self._text = gzip.open(path, "wt") if path.suffix == ".gz" else open(path, "w")  # noqa: SIM115
             if schema.header:
                 self._text.write(schema.delimiter.join(self.columns) + "\n")

@@ -88,3 +88,13 @@ def test_gzip_input_reads_like_plain_text(synthetic_ingest, tmp_path):
     b = pd.concat(RawReader(builtin_schema("criteo"), [plain]).chunks())
     pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
     assert a[EVENT_ID].tolist() == list(range(6000))
+
+
+def test_synthetic_parquet_log_reads_like_the_text_log(tmp_path):
+    schema = builtin_schema("criteo")
+    parquet = write_synthetic_log(schema, tmp_path / "log.parquet", rows=3000, seed=1, chunk_rows=1000)
+    text = write_synthetic_log(schema, tmp_path / "log.txt", rows=3000, seed=1, chunk_rows=1000)
+    a = pd.concat(RawReader(schema, [parquet]).chunks()).reset_index(drop=True)
+    b = pd.concat(RawReader(schema, [text]).chunks()).reset_index(drop=True)
+    assert pq.ParquetFile(parquet).metadata.num_rows == 3000
+    pd.testing.assert_frame_equal(a, b)
