@@ -33,10 +33,9 @@ from features.feast_repo import apply_repo, feature_service_name, write_repo
 from features.prefetch import prefetch
 from features.readers import EVENT_ID, EVENT_TIMESTAMP, IngestError, RawReader
 from features.schema import DatasetSchema
-from features.transform import FeatureTransform, dense_columns
+from features.transform import LABEL, FeatureTransform, dense_columns
 
 SPLITS = ("train", "validation", "test")
-LABEL = "label"
 
 
 @dataclass(frozen=True)

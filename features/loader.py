@@ -16,9 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.prefetch import prefetch
-from features.transform import FeatureTransform, dense_columns
-
-LABEL = "label"
+from features.transform import LABEL, FeatureTransform, dense_columns
 
 
 @dataclass

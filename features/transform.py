@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from features.schema import DatasetSchema
 
 FORMAT_VERSION = 1
+LABEL = "label"  # the label column of model-ready splits
 SMALL_INPUT = 2048  # rows up to which vocabulary lookups use a Python dict
 HASH_KEY = "nasrec-features0"  # 16 bytes: a fixed key makes hashes equal across processes and machines
 
