@@ -82,12 +82,9 @@ def ingest(
         read_seconds = time.perf_counter() - started
         log(f"read {rows:,} rows ({reader.stats.rejected:,} rejected) in {read_seconds:.1f} s")
 
-        final_events = out_dir / "offline" / "events.parquet"
-        write_repo(schema, staging / "feature_repo", final_events)
-        # the repo points at the final offline path; move the events there first so Feast reads them
-        _replace(events_path, final_events)
+        write_repo(schema, staging / "feature_repo", events_path)
         store = apply_repo(staging / "feature_repo")
-        frame = historical_features(store, schema, final_events)
+        frame = historical_features(store, schema, events_path)
         log(f"point-in-time join of {len(frame):,} rows through Feast")
 
         assignment = assign_splits(frame, split)
@@ -118,10 +115,15 @@ def ingest(
             "total_seconds": round(time.perf_counter() - started, 3),
         }
         (staging / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        # everything is complete: move it into place, then point the repo's source at the final events
+        final_events = out_dir / "offline" / "events.parquet"
         for name in (*(f"{s}.parquet" for s in SPLITS), "transform.json", "stats.json", "rejects.csv"):
             _replace(staging / name, out_dir / name)
+        _replace(events_path, final_events)
         shutil.rmtree(out_dir / "feature_repo", ignore_errors=True)
         os.replace(staging / "feature_repo", out_dir / "feature_repo")
+        write_repo(schema, out_dir / "feature_repo", final_events)
+        apply_repo(out_dir / "feature_repo")
         return IngestResult(out_dir, {n: out_dir / f"{n}.parquet" for n in SPLITS}, transform, stats)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

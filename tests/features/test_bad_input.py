@@ -78,6 +78,18 @@ def test_too_many_bad_rows_fail_the_ingestion_and_keep_earlier_outputs(tmp_path)
     assert not (out / ".staging").exists()
 
 
+def test_a_failure_after_reading_keeps_earlier_outputs_and_offline_store(tmp_path):
+    good = write_criteo(tmp_path / "good.txt", [criteo_line(i, label=str(i % 2)) for i in range(1500)])
+    out = tmp_path / "out"
+    ingest(CRITEO, [good], out, SplitSpec())
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.parquet")}
+    other = write_criteo(tmp_path / "other.txt", [criteo_line(i + 7, label=str(i % 2)) for i in range(1500)])
+    with pytest.raises(IngestError, match="split 'validation' is empty"):
+        ingest(CRITEO, [other], out, SplitSpec(validation_fraction=0.0))
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*.parquet")} == before
+    assert len(before) == 4  # three splits and the offline events
+
+
 def test_empty_file_fails_clearly(tmp_path):
     path = tmp_path / "empty.txt"
     path.write_text("")
