@@ -13,6 +13,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.schema import DatasetSchema
+
 LATENT_DIM = 4
 
 
@@ -73,7 +75,7 @@ class TeacherCTR:
 
 
 def write_synthetic_log(
-    schema, path: Path, rows: int, seed: int = 0, cardinality: int = 10_000, chunk_rows: int = 100_000
+    schema: DatasetSchema, path: Path, rows: int, seed: int = 0, cardinality: int = 10_000, chunk_rows: int = 100_000
 ) -> Path:
     """Stream `rows` raw log rows: Parquet for a `.parquet` path, else the schema's text format (.gz allowed).
 
@@ -120,7 +122,7 @@ def _format_times(times: pd.DatetimeIndex, parser: str) -> np.ndarray:
 class _LogWriter:
     """Appends chunks in the schema's file format; columns in the schema's file order."""
 
-    def __init__(self, schema, path: Path):
+    def __init__(self, schema: DatasetSchema, path: Path):
         self.schema = schema
         self.path = path
         self.columns = list(schema.columns or schema.required_columns)
