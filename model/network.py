@@ -163,25 +163,34 @@ def _total(tensors) -> Tensor:
     return total
 
 
-class Stem(nn.Module):
-    """Dense features pass through; each categorical feature is looked up in its own slice of one table."""
+class FieldEmbedding(nn.Module):
+    """One table for all categorical features, each in its own rows; sparse gradients. (B, n) -> (B, n, dim)."""
 
-    def __init__(self, schema: InputSchema):
+    def __init__(self, schema: InputSchema, dim: int):
         super().__init__()
-        self.cardinalities = schema.cardinalities
-        self.embedding = nn.Embedding(sum(schema.cardinalities), EMBEDDING_DIM, sparse=True)
-        offsets = torch.tensor([0, *schema.cardinalities[:-1]]).cumsum(0)
-        self.register_buffer("offsets", offsets, persistent=False)
-        if self.embedding.weight.is_meta:  # a shape-only skeleton (see Supernet): nothing to initialise
+        self.table = nn.Embedding(sum(schema.cardinalities), dim, sparse=True)
+        self.register_buffer("offsets", torch.tensor([0, *schema.cardinalities[:-1]]).cumsum(0), persistent=False)
+        if self.table.weight.is_meta:  # a shape-only skeleton (see Supernet): nothing to initialise
             return
         start = 0
         with torch.no_grad():
             for rows in schema.cardinalities:  # Xavier-normal per feature table, as with separate tables
-                nn.init.xavier_normal_(self.embedding.weight[start : start + rows])
+                nn.init.xavier_normal_(self.table.weight[start : start + rows])
                 start += rows
 
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.table(ids + self.offsets)
+
+
+class Stem(nn.Module):
+    """Dense features pass through; categorical features become 16-wide tokens."""
+
+    def __init__(self, schema: InputSchema):
+        super().__init__()
+        self.embedding = FieldEmbedding(schema, EMBEDDING_DIM)
+
     def forward(self, dense: Tensor, sparse: Tensor) -> tuple[Tensor, Tensor]:
-        return dense, self.embedding(sparse + self.offsets)  # (B, n_dense), (B, n_sparse, 16)
+        return dense, self.embedding(sparse)  # (B, n_dense), (B, n_sparse, 16)
 
 
 class BlockNetwork(nn.Module):
