@@ -174,7 +174,7 @@ class RawReader:
             rejects += [(int(lines[i]), reason, self._row_text(table, i)) for i, reason in bad]
             yield chunk, rejects
         if len(skipped) > skipped_before:  # invalid rows after the last batch
-            yield self._empty(), [(line, reason, text) for line, reason, text in skipped[skipped_before:]]
+            yield pd.DataFrame(), [(line, reason, text) for line, reason, text in skipped[skipped_before:]]
         self._next_row = first_row + parsed + len(skipped)
 
     def _file_columns(self, path: Path) -> list[str]:
@@ -271,10 +271,6 @@ class RawReader:
             bad.setdefault(int(i), f"{spec.column}: not a {spec.parser} time: {raw.iloc[int(i)]!r}")
         # rows of the same second/hour keep file order: add the row number in microseconds
         return base + pd.to_timedelta(rows % 1_000_000_000, unit="us")
-
-    @staticmethod
-    def _empty() -> pd.DataFrame:
-        return pd.DataFrame()
 
 
 def _numbers(column: pa.ChunkedArray, name: str, bad: dict[int, str]) -> np.ndarray:
