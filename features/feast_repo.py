@@ -25,6 +25,11 @@ def feature_service_name(schema: DatasetSchema) -> str:
     return f"{schema.name}_service_v1"
 
 
+def view_keys(schema: DatasetSchema) -> dict[str, str]:
+    """Feature view name -> its join key: the event-level view, then one view per entity."""
+    return {f"{schema.name}_event_fv": EVENT_ID} | {f"{schema.name}_{e.name}_fv": e.key for e in schema.entities}
+
+
 def local_config(schema: DatasetSchema) -> dict:
     """Paths are relative to the repo, so the repo can be moved (ingest builds it aside, then moves it)."""
     return {
@@ -74,26 +79,20 @@ def render_definitions(schema: DatasetSchema, source_path: Path) -> str:
     lines += [
         "",
         f'{name}_source = FileSource(name="{name}_source", path="{source_path}", timestamp_field="{EVENT_TIMESTAMP}")',
-        "",
-        f"{name}_event_fv = FeatureView(",
-        f'    name="{name}_event_fv",',
-        "    entities=[event],",
-        "    ttl=timedelta(0),",
-        f"    schema=[\n        {fields(event_features)},\n    ],",
-        f"    source={name}_source,",
-        ")",
     ]
-    for e in schema.entities:
+    entity_of = {EVENT_ID: "event"} | {e.key: e.name for e in schema.entities}
+    features_of = {EVENT_ID: event_features} | {e.key: list(e.features) for e in schema.entities}
+    for view, key in view_keys(schema).items():
         lines += [
-            f"{name}_{e.name}_fv = FeatureView(",
-            f'    name="{name}_{e.name}_fv",',
-            f"    entities=[{e.name}],",
+            f"{view} = FeatureView(",
+            f'    name="{view}",',
+            f"    entities=[{entity_of[key]}],",
             "    ttl=timedelta(0),",
-            f"    schema=[\n        {fields(e.features)},\n    ],",
+            f"    schema=[\n        {fields(features_of[key])},\n    ],",
             f"    source={name}_source,",
             ")",
         ]
-    views = ", ".join([f"{name}_event_fv", *(f"{name}_{e.name}_fv" for e in schema.entities)])
+    views = ", ".join(view_keys(schema))
     lines += [
         "",
         f'{feature_service_name(schema)} = FeatureService(name="{feature_service_name(schema)}", features=[{views}])',

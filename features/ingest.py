@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureStore
 
-from features.feast_repo import apply_repo, feature_service_name, write_repo
+from features.feast_repo import apply_repo, feature_service_name, view_keys, write_repo
 from features.prefetch import prefetch
 from features.readers import EVENT_ID, EVENT_TIMESTAMP, IngestError, RawReader
 from features.schema import DatasetSchema
@@ -200,25 +200,25 @@ class OnlineFeatures:
         self.schema = schema
         self.transform = transform
         service = self.store.get_feature_service(feature_service_name(schema))
-        self._views = {p.name: [f.name for f in p.features] for p in service.feature_view_projections}
+        features = {p.name: [f.name for f in p.features] for p in service.feature_view_projections}
+        # join key -> the feature references it unlocks
+        self._refs = {key: [f"{view}:{f}" for f in features[view]] for view, key in view_keys(schema).items()}
 
-    def materialize(self, start: datetime, end: datetime, rows_per_window: int = 50_000, log=None) -> int:
+    def materialize(self, start: datetime, end: datetime, rows_per_window: int = 50_000) -> int:
         """Write the latest feature values in [start, end) to the online store; returns the rows read.
 
         Feast holds a whole materialisation window in memory as Python objects (about 24 GB for 1M Criteo
         rows), so the range is cut into windows of about `rows_per_window` events each, in time order.
         """
-        source = self.store.get_feature_view(f"{self.schema.name}_event_fv").batch_source.path
+        source = self.store.get_feature_view(next(iter(view_keys(self.schema)))).batch_source.path
         times = pq.read_table(source, columns=[EVENT_TIMESTAMP])[EVENT_TIMESTAMP].to_pandas()
         times = times[(times >= pd.Timestamp(start)) & (times < pd.Timestamp(end))].sort_values()
         if times.empty:
             return 0
         cuts = times.iloc[rows_per_window::rows_per_window].drop_duplicates().tolist()
         bounds = [pd.Timestamp(start), *cuts, pd.Timestamp(end)]
-        for i, (lo, hi) in enumerate(pairwise(bounds)):
+        for lo, hi in pairwise(bounds):
             self.store.materialize(start_date=lo.to_pydatetime(), end_date=hi.to_pydatetime())
-            if log:
-                log(f"materialised window {i + 1}/{len(bounds) - 1}")
         return len(times)
 
     def lookup(self, keys: dict[str, list], request: dict[str, list] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -230,10 +230,7 @@ class OnlineFeatures:
         sizes = {len(v) for v in (*keys.values(), *(request or {}).values())}
         if len(sizes) != 1:
             raise ValueError(f"online lookup: keys and request fields must have equal lengths, got {sorted(sizes)}")
-        view_keys = {f"{self.schema.name}_event_fv": EVENT_ID} | {
-            f"{self.schema.name}_{e.name}_fv": e.key for e in self.schema.entities
-        }
-        refs = [f"{view}:{f}" for view, key in view_keys.items() if key in keys for f in self._views[view]]
+        refs = [ref for key in keys for ref in self._refs.get(key, ())]
         rows = [dict(zip(keys, values)) for values in zip(*keys.values())]
         found = self.store.get_online_features(features=refs, entity_rows=rows).to_dict() if refs else {}
         return self.transform.transform({**found, **keys, **(request or {})})

@@ -133,7 +133,7 @@ class RawReader:
         if path.stat().st_size == 0:
             raise IngestError(f"{path}: the file is empty")
         columns = self._file_columns(path)
-        skipped: list[tuple[int, str]] = []
+        skipped: list[tuple[int, str, str]] = []  # (file line, reason, text) of rows the parser skipped
 
         def on_invalid(row) -> str:
             skipped.append(
@@ -166,15 +166,15 @@ class RawReader:
             lines = np.arange(parsed, parsed + batch.num_rows) + header_lines + 1 + skipped_before
             for line, _, _ in skipped[skipped_before:]:
                 lines[lines >= line] += 1
-            rejects = [(line, reason, text) for line, reason, text in skipped[skipped_before:]]
+            rejects = skipped[skipped_before:]
             skipped_before = len(skipped)
             parsed += batch.num_rows
             table = pa.Table.from_batches([batch])
-            chunk, bad = self._typed(table, lines - header_lines - 1 + first_row, path)
+            chunk, bad = self._typed(table, lines - header_lines - 1 + first_row)
             rejects += [(int(lines[i]), reason, self._row_text(table, i)) for i, reason in bad]
             yield chunk, rejects
         if len(skipped) > skipped_before:  # invalid rows after the last batch
-            yield pd.DataFrame(), [(line, reason, text) for line, reason, text in skipped[skipped_before:]]
+            yield pd.DataFrame(), skipped[skipped_before:]
         self._next_row = first_row + parsed + len(skipped)
 
     def _file_columns(self, path: Path) -> list[str]:
@@ -214,29 +214,31 @@ class RawReader:
         for batch in parquet.iter_batches(batch_size=65536, columns=list(self.schema.required_columns)):
             table = pa.Table.from_batches([batch])
             table = table.cast(pa.schema([pa.field(n, pa.string()) for n in table.column_names]))
-            chunk, bad = self._typed(table, np.arange(row, row + table.num_rows), path)
+            chunk, bad = self._typed(table, np.arange(row, row + table.num_rows))
             yield chunk, [(int(row + i + 1), reason, self._row_text(table, i)) for i, reason in bad]
             row += table.num_rows
         self._next_row = row
 
     # --- typing -----------------------------------------------------------------------------------------
 
-    def _typed(self, table: pa.Table, rows: np.ndarray, path: Path) -> tuple[pd.DataFrame, list[tuple[int, str]]]:
+    def _typed(self, table: pa.Table, rows: np.ndarray) -> tuple[pd.DataFrame, list[tuple[int, str]]]:
         """Cast one parsed block; return the valid rows and (block index, reason) of the others."""
         schema = self.schema
         bad: dict[int, str] = {}
-        empty = np.ones(table.num_rows, dtype=bool)
-        for name in table.column_names:
-            empty &= table[name].is_null().to_numpy(zero_copy_only=False)
-        for i in np.flatnonzero(empty):
-            bad[int(i)] = "empty line"
         label = _numbers(table[schema.label], "label", bad)
+        unlabelled = np.flatnonzero(np.isnan(label))  # an empty line is among these: check only them
+        if unlabelled.size:
+            rows_without_label = table.take(unlabelled)
+            empty = np.ones(unlabelled.size, dtype=bool)
+            for name in rows_without_label.column_names:
+                empty &= rows_without_label[name].is_null().to_numpy(zero_copy_only=False)
+            bad.update({int(i): "empty line" for i in unlabelled[empty]})
         ok_label = np.isin(label, (0.0, 1.0))
         for i in np.flatnonzero(~ok_label & ~np.isnan(label)):
             bad.setdefault(int(i), f"label: must be 0 or 1, got {table[schema.label][int(i)].as_py()!r}")
         for i in np.flatnonzero(np.isnan(label)):
             bad.setdefault(int(i), "label: missing")
-        data = {EVENT_ID: rows.astype(np.int64), EVENT_TIMESTAMP: self._timestamps(table, rows, bad, path)}
+        data = {EVENT_ID: rows.astype(np.int64), EVENT_TIMESTAMP: self._timestamps(table, rows, bad)}
         data[schema.label] = np.nan_to_num(label).astype(np.int8)
         for name in schema.dense:
             data[name] = _numbers(table[name], name, bad).astype(np.float32)
@@ -247,7 +249,7 @@ class RawReader:
             chunk = chunk.drop(index=list(bad)).reset_index(drop=True)
         return chunk, sorted(bad.items())
 
-    def _timestamps(self, table: pa.Table, rows: np.ndarray, bad: dict[int, str], path: Path) -> pd.Series:
+    def _timestamps(self, table: pa.Table, rows: np.ndarray, bad: dict[int, str]) -> pd.Series:
         spec = self.schema.timestamp
         if spec.source == "row_order":
             if self._total_rows is None:

@@ -39,11 +39,10 @@ class Encoding:
         """Values (any dtype; missing as None/NaN) -> int64 ids; 0 for missing or unseen."""
         strings = _as_strings(values)
         if self.buckets:
-            present = strings.is_valid().to_numpy(zero_copy_only=False)
+            valid = strings.is_valid()
+            present = valid.to_numpy(zero_copy_only=False)
             ids = np.zeros(len(strings), dtype=np.int64)
-            hashed = pd.util.hash_array(
-                strings.filter(strings.is_valid()).to_numpy(zero_copy_only=False), hash_key=HASH_KEY
-            )
+            hashed = pd.util.hash_array(strings.filter(valid).to_numpy(zero_copy_only=False), hash_key=HASH_KEY)
             ids[present] = (hashed % np.uint64(self.buckets - 1)).astype(np.int64) + 1
             return ids
         if len(strings) <= SMALL_INPUT:  # online lookups: a dict beats rebuilding Arrow's hash table per call

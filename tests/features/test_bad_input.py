@@ -147,3 +147,10 @@ def test_user_parquet_logs_with_their_own_schema(tmp_path):
     typed = pd.concat(list(reader.chunks()))
     assert len(typed) == 150 and reader.stats.reasons == {"price": 50}  # "x" is not a number
     assert typed["price"].isna().sum() == 50  # missing stays missing (transform maps it to 0)
+
+
+def test_an_empty_line_is_rejected_as_such(tmp_path):
+    path = write_criteo(tmp_path / "gap.txt", [criteo_line(0), "", criteo_line(2)])
+    frame, rejects, _ = read_all(path, tmp_path, limit=0.9)
+    assert frame.event_id.tolist() == [0, 2]
+    assert [(r["line"], r["reason"]) for r in rejects] == [("2", "empty line")]
