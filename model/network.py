@@ -215,13 +215,16 @@ class BlockNetwork(nn.Module):
 
     def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
         """dense: (B, n_dense) float; sparse: (B, n_sparse) int64 ids. Returns click logits (B,)."""
+        return self.head(self.head_inputs(dense, sparse)).squeeze(-1)
+
+    def head_inputs(self, dense: Tensor, sparse: Tensor) -> Tensor:
+        """What the head reads: the last block's dense output and flattened tokens, (B, d + t*16)."""
         dense_node, sparse_node = self.stem(dense, sparse)
         dense_nodes: list[Tensor | None] = [dense_node] + [None] * self.num_blocks
         sparse_nodes: list[Tensor | None] = [sparse_node] + [None] * self.num_blocks
         for b, block in self.blocks.items():
             dense_nodes[int(b) + 1], sparse_nodes[int(b) + 1] = block(dense_nodes, sparse_nodes)
-        last = torch.cat([dense_nodes[-1], sparse_nodes[-1].flatten(1)], dim=1)  # (B, d + t*16)
-        return self.head(last).squeeze(-1)
+        return torch.cat([dense_nodes[-1], sparse_nodes[-1].flatten(1)], dim=1)  # (B, d + t*16)
 
     @property
     def num_blocks(self) -> int:

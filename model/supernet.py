@@ -90,6 +90,12 @@ class Supernet(nn.Module):
         skeleton = self._subnet(arch)[0]
         return functional_call(skeleton, {**weights, **dict(self.network.named_buffers())}, (dense, sparse))
 
+    def subnet_head_inputs(self, arch: Architecture, dense: Tensor, sparse: Tensor) -> Tensor:
+        """What the subnet's head reads, computed with the inherited weights (for head-only fine-tuning)."""
+        skeleton = self._subnet(arch)[0]
+        state = {**self.subnet_weights(arch), **dict(self.network.named_buffers())}
+        return functional_call(_HeadInputs(skeleton), {f"net.{k}": v for k, v in state.items()}, (dense, sparse))
+
     def extract(self, arch: Architecture) -> NASRecNet:
         """A standalone NASRecNet holding copies of the inherited weights."""
         self.check(arch)
@@ -152,6 +158,17 @@ class Supernet(nn.Module):
             last_full.dense + t * EMBEDDING_DIM + c for t in token_pos[-1] for c in range(EMBEDDING_DIM)
         ]
         return columns
+
+
+class _HeadInputs(nn.Module):
+    """Lets functional_call run a skeleton's `head_inputs` instead of its forward."""
+
+    def __init__(self, net: NASRecNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
+        return self.net.head_inputs(dense, sparse)
 
 
 def _offsets(sizes: list[int]) -> list[int]:

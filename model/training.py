@@ -8,6 +8,7 @@ outside the slices (Adagrad leaves such entries unchanged), without touching the
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -71,6 +72,17 @@ def clip_gradients(updates: list[Update], max_norm: float) -> tuple[list[Update]
     return [(p, i, g * scale) for p, i, g in updates], total
 
 
+class NonFiniteLoss(FloatingPointError):
+    """A step produced a NaN or infinite loss or gradient; the weights were not updated."""
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (weights and optimiser state stay float32); nothing on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _take_gradients(params: Iterable[nn.Parameter]) -> list[Update]:
     updates = [(p, None, p.grad) for p in params if p.grad is not None]
     for p in params:
@@ -78,21 +90,23 @@ def _take_gradients(params: Iterable[nn.Parameter]) -> list[Update]:
     return updates
 
 
-def network_step(net: nn.Module, batch: Batch, optimizer: SliceAdagrad, max_grad_norm: float = 5.0) -> Tensor:
-    """One step of a whole network (a NASRecNet, or a supernet's full path). Returns the detached loss."""
-    loss = F.binary_cross_entropy_with_logits(net(batch.dense, batch.sparse), batch.label)
+def _loss(logits: Tensor, label: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(logits.float(), label)
+
+
+def network_gradients(net: nn.Module, batch: Batch) -> tuple[Tensor, list[Update]]:
+    """Loss and gradients of a whole network (a NASRecNet, a baseline, or a supernet's full path)."""
+    with autocast(batch.dense.device):
+        logits = net(batch.dense, batch.sparse)
+    loss = _loss(logits, batch.label)
     loss.backward()
-    params = list(net.parameters())
-    optimizer.apply(clip_gradients(_take_gradients(params), max_grad_norm)[0])
-    return loss.detach()
+    return loss.detach(), _take_gradients(list(net.parameters()))
 
 
-def supernet_step(
-    supernet: Supernet, arch: Architecture | None, batch: Batch, optimizer: SliceAdagrad, max_grad_norm: float = 5.0
-) -> Tensor:
-    """One step of the subnet `arch` (None: the full path), training the supernet slices it uses."""
+def supernet_gradients(supernet: Supernet, arch: Architecture | None, batch: Batch) -> tuple[Tensor, list[Update]]:
+    """Loss and gradients of the subnet `arch` (None: the full path), as updates of the supernet slices it uses."""
     if arch is None:
-        return network_step(supernet.network, batch, optimizer, max_grad_norm)
+        return network_gradients(supernet.network, batch)
     params = dict(supernet.network.named_parameters())
     slices = supernet.weight_slices(arch)
     with torch.no_grad():
@@ -100,9 +114,9 @@ def supernet_step(
             name: params[name] if index is None else params[name][index].requires_grad_()
             for name, index in slices.items()
         }
-    loss = F.binary_cross_entropy_with_logits(
-        supernet.run_subnet(arch, weights, batch.dense, batch.sparse), batch.label
-    )
+    with autocast(batch.dense.device):
+        logits = supernet.run_subnet(arch, weights, batch.dense, batch.sparse)
+    loss = _loss(logits, batch.label)
     loss.backward()
     whole = [params[name] for name, index in slices.items() if index is None]
     updates = _take_gradients(whole) + [
@@ -110,8 +124,35 @@ def supernet_step(
         for name, index in slices.items()
         if index is not None and weights[name].grad is not None
     ]
-    optimizer.apply(clip_gradients(updates, max_grad_norm)[0])
-    return loss.detach()
+    return loss.detach(), updates
+
+
+def apply_updates(
+    optimizer: SliceAdagrad, loss: Tensor, updates: list[Update], max_grad_norm: float = 5.0
+) -> tuple[float, float]:
+    """Clip and apply one step's updates; raise NonFiniteLoss (weights untouched) on NaN/inf. Returns (loss, norm)."""
+    value = float(loss)
+    if not math.isfinite(value):
+        raise NonFiniteLoss(f"the loss is {value}")
+    clipped, norm = clip_gradients(updates, max_grad_norm)
+    if not math.isfinite(norm):
+        raise NonFiniteLoss(f"the gradient norm is {norm} (loss {value:.4f})")
+    optimizer.apply(clipped)
+    return value, norm
+
+
+def network_step(net: nn.Module, batch: Batch, optimizer: SliceAdagrad, max_grad_norm: float = 5.0) -> float:
+    """One optimiser step of a whole network. Returns the loss."""
+    loss, updates = network_gradients(net, batch)
+    return apply_updates(optimizer, loss, updates, max_grad_norm)[0]
+
+
+def supernet_step(
+    supernet: Supernet, arch: Architecture | None, batch: Batch, optimizer: SliceAdagrad, max_grad_norm: float = 5.0
+) -> float:
+    """One optimiser step of the subnet `arch` (None: the full path), training the supernet slices it uses."""
+    loss, updates = supernet_gradients(supernet, arch, batch)
+    return apply_updates(optimizer, loss, updates, max_grad_norm)[0]
 
 
 def learning_rate(step: int, total_steps: int, peak: float, warmup_fraction: float = 0.1) -> float:

@@ -98,6 +98,103 @@ def cmd_synthetic(args: argparse.Namespace) -> None:
     print(f"wrote {args.rows:,} rows to {path}")
 
 
+def _device(args: argparse.Namespace):
+    import torch
+
+    from model.trainer import default_device
+
+    return torch.device(args.device) if args.device else default_device()
+
+
+def cmd_train_supernet(args: argparse.Namespace) -> None:
+    from pipelines.steps import SupernetRun, train_supernet
+
+    run = SupernetRun(
+        space=args.space,
+        epochs=args.epochs,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        full_path_warmup_fraction=args.full_path_warmup,
+        checkpoint_every=args.checkpoint_every,
+        use_layernorm=not args.no_layernorm,
+        seed=args.seed,
+    )
+    metrics = train_supernet(args.data, args.out, run, _device(args))
+    if metrics:
+        print(json.dumps({k: metrics[k] for k in ("validation_before", "validation_after", "checkpoint")}, indent=2))
+
+
+def _search_run(args: argparse.Namespace):
+    from model.search import FitnessConfig, SearchConfig
+    from pipelines.steps import SearchRun
+
+    fitness = FitnessConfig(args.finetune_steps, args.finetune_lr, args.finetune_warmup_steps)
+    config = SearchConfig(
+        population=args.population,
+        generations=args.generations,
+        sample_size=args.sample_size,
+        children=args.children,
+        max_mflops=args.max_mflops,
+        seed=args.seed,
+        fitness=fitness,
+    )
+    return SearchRun(
+        search=config,
+        finetune_batches=args.finetune_batches,
+        eval_batches=args.eval_batches,
+        batch_size=args.batch_size,
+        top_k=getattr(args, "top_k", 15),
+        workers=getattr(args, "workers", 1),
+    )
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from pipelines.steps import search
+
+    summary = search(args.supernet, args.data, args.out, _search_run(args), _device(args))
+    best = summary["best"]
+    print(
+        f"{summary['evaluations']} architectures evaluated; best: validation log loss {best['val_logloss']:.4f}, "
+        f"AUC {best['val_auc']:.4f}, {best['mflops']:.3f} MFLOPs; wrote {args.out}"
+    )
+
+
+def _finetune_run(args: argparse.Namespace):
+    from pipelines.steps import FinetuneRun
+
+    return FinetuneRun(
+        epochs=args.epochs,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        eval_every=args.eval_every,
+        warm_start=getattr(args, "warm_start", False),
+        seed=args.seed,
+    )
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from pipelines.steps import finetune, read_architectures
+
+    archs = read_architectures(args.architectures, args.top_k)
+    finetune(archs, args.data, args.out, _finetune_run(args), _device(args), args.supernet)
+
+
+def cmd_rank_corr(args: argparse.Namespace) -> None:
+    from pipelines.steps import RankCorrRun, rank_corr
+
+    run = RankCorrRun(
+        architectures=args.architectures,
+        search=_search_run(args),
+        train=_finetune_run(args),
+        max_mflops=args.max_mflops,
+        seed=args.seed,
+    )
+    result = rank_corr(args.supernet, args.data, args.out, run, _device(args))
+    print(json.dumps({k: result[k] for k in ("architectures", "without_finetuning", "with_finetuning")}, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nasrec", description="NASRec: search, train and serve CTR models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,14 +264,119 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows per categorical feature (default: 26 x 100000)",
     )
     inspect.set_defaults(func=cmd_inspect)
+
+    train = sub.add_parser(
+        "train-supernet",
+        help="train a weight-sharing supernet on ingested data (resumes from OUT/checkpoint.pt; torchrun for DDP)",
+    )
+    _data_options(train)
+    train.add_argument("--space", default="demo", help="search space preset (see `nasrec spaces`); default: demo")
+    _schedule_options(train, batch_size=512, lr=0.12)
+    train.add_argument(
+        "--full-path-warmup",
+        type=float,
+        default=0.2,
+        help="fraction of steps over which the full-path probability falls from 1 to 0 (default: 0.2)",
+    )
+    train.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default: 500)")
+    train.add_argument("--no-layernorm", action="store_true", help="a supernet without LayerNorm")
+    train.set_defaults(func=cmd_train_supernet)
+
+    search = sub.add_parser(
+        "search", help="regularised evolution over a trained supernet (resumes from OUT/history.jsonl)"
+    )
+    _data_options(search)
+    search.add_argument(
+        "--supernet", type=Path, required=True, help="supernet checkpoint (train-supernet OUT/checkpoint.pt)"
+    )
+    _search_options(search)
+    search.add_argument("--top-k", type=int, default=15, help="architectures written to top_k.json (default: 15)")
+    search.add_argument("--workers", type=int, default=1, help="processes evaluating candidates (default: 1)")
+    search.set_defaults(func=cmd_search)
+
+    finetune = sub.add_parser(
+        "finetune", help="train the top-k architectures, keep the best on validation, report test metrics"
+    )
+    _data_options(finetune)
+    finetune.add_argument(
+        "--architectures", type=Path, required=True, help="a search's top_k.json, or one architecture JSON"
+    )
+    finetune.add_argument("--top-k", type=int, default=15, help="train the first K of them (default: 15)")
+    finetune.add_argument("--supernet", type=Path, help="supernet checkpoint (for --warm-start)")
+    finetune.add_argument(
+        "--warm-start", action="store_true", help="start from the inherited supernet weights instead of from scratch"
+    )
+    _schedule_options(finetune, batch_size=256, lr=0.1)
+    finetune.add_argument(
+        "--eval-every", type=int, default=0, help="steps between validations (default: 0 = once per epoch)"
+    )
+    finetune.set_defaults(func=cmd_finetune)
+
+    rank = sub.add_parser(
+        "rank-corr",
+        help="rank correlation of supernet scores (without and with head fine-tuning) with training from scratch",
+    )
+    _data_options(rank)
+    rank.add_argument("--supernet", type=Path, required=True, help="supernet checkpoint")
+    rank.add_argument("--architectures", type=int, default=20, help="architectures sampled (default: 20)")
+    _search_options(rank, evolution=False)
+    _schedule_options(rank, batch_size=256, lr=0.1)
+    rank.add_argument("--eval-every", type=int, default=0, help="steps between validations (default: once per epoch)")
+    rank.set_defaults(func=cmd_rank_corr)
     return parser
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="ingestion output folder (`nasrec ingest --out`)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds weights, data order and sampling (default: 0)")
+
+
+def _schedule_options(parser: argparse.ArgumentParser, batch_size: int, lr: float) -> None:
+    parser.add_argument("--epochs", type=float, default=1.0, help="passes over the training split (default: 1)")
+    parser.add_argument("--steps", type=int, help="optimiser steps (overrides --epochs)")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"rows per step (default: {batch_size})")
+    parser.add_argument(
+        "--lr", type=float, default=lr, help=f"peak Adagrad learning rate, 10%% warm-up then cosine (default: {lr})"
+    )
+
+
+def _search_options(parser: argparse.ArgumentParser, evolution: bool = True) -> None:
+    if evolution:
+        parser.add_argument("--population", type=int, default=128, help="initial population (default: 128)")
+        parser.add_argument("--generations", type=int, default=240, help="generations (default: 240)")
+        parser.add_argument("--sample-size", type=int, default=64, help="members drawn to pick a parent (default: 64)")
+        parser.add_argument("--children", type=int, default=8, help="children per generation (default: 8)")
+        parser.add_argument("--batch-size", type=int, default=512, help="rows per fitness batch (default: 512)")
+    else:
+        parser.set_defaults(population=1, generations=0, sample_size=1, children=1)
+    parser.add_argument(
+        "--finetune-steps", type=int, default=500, help="head-only fine-tuning steps per candidate (default: 500)"
+    )
+    parser.add_argument("--finetune-lr", type=float, default=0.04, help="head fine-tuning Adagrad lr (default: 0.04)")
+    parser.add_argument(
+        "--finetune-warmup-steps", type=int, default=50, help="head fine-tuning warm-up steps (default: 50)"
+    )
+    parser.add_argument(
+        "--finetune-batches",
+        type=int,
+        default=16,
+        help="distinct training batches the head cycles through (default: 16)",
+    )
+    parser.add_argument(
+        "--eval-batches", type=int, default=8, help="fixed validation batches every candidate is scored on (default: 8)"
+    )
+    parser.add_argument(
+        "--max-mflops", type=float, help="reject architectures costing more MFLOPs per sample (default: no limit)"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
         sys.exit(f"nasrec {args.command}: error: {err}")
 
 

@@ -1,0 +1,291 @@
+"""Regularised (aging) evolution over a trained supernet (NASREC.md section 7).
+
+Fitness is "post-training fine-tuning": with the supernet's weights fixed, only the subnet's final
+linear head is trained, then validation log loss is measured on a fixed set of batches (the same
+for every candidate). The body's outputs do not change while the head trains, so they are computed
+once per batch and the head steps run on those features.
+
+The search is a pure function of (seed, fitness values): every evaluation is appended to a JSON-lines
+history, and a resumed search replays the same decisions, reading fitness from the history instead
+of evaluating again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from model.arch import Architecture
+from model.metrics import log_loss, roc_auc
+from model.network import InputSchema, NASRecNet
+from model.sampling import ArchitectureSampler, mutate, mutations_per_child
+from model.space import SearchSpace
+from model.supernet import Supernet
+from model.trainer import load_model
+from model.training import Batch, SliceAdagrad, autocast, learning_rate
+
+_MAX_DRAWS = 300  # per candidate, before a too-tight MFLOPs budget is reported
+
+
+@dataclass(frozen=True)
+class FitnessConfig:
+    finetune_steps: int = 500
+    finetune_lr: float = 0.04
+    finetune_warmup_steps: int = 50
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    population: int = 128
+    generations: int = 240
+    sample_size: int = 64
+    children: int = 8
+    max_mflops: float | None = None  # reject architectures that cost more per sample
+    seed: int = 0
+    fitness: FitnessConfig = field(default_factory=FitnessConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("population", "sample_size", "children"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.generations < 0:
+            raise ValueError(f"generations: must be >= 0, got {self.generations}")
+        if self.children > self.population:
+            raise ValueError(f"children ({self.children}) cannot exceed the population ({self.population})")
+
+    @property
+    def evaluations(self) -> int:
+        return self.population + self.generations * self.children
+
+
+def architecture_cost(arch: Architecture, schema: InputSchema) -> tuple[float, int]:
+    """(MFLOPs per sample, non-embedding parameters), from a shape-only network."""
+    with torch.device("meta"):
+        net = NASRecNet(arch, schema)
+    return net.mflops(), net.num_parameters()
+
+
+class HeadFinetuneFitness:
+    """Scores architectures with the supernet's weights: validation log loss after head-only fine-tuning."""
+
+    def __init__(
+        self,
+        supernet: Supernet,
+        finetune_batches: list[Batch],
+        eval_batches: list[Batch],
+        config: FitnessConfig,
+        device: torch.device,
+    ):
+        if not finetune_batches or not eval_batches:
+            raise ValueError("fitness needs at least one fine-tuning batch and one evaluation batch")
+        self.supernet = supernet.to(device).eval()
+        self.finetune_batches = [b.to(device) for b in finetune_batches]
+        self.eval_batches = [b.to(device) for b in eval_batches]
+        self.eval_labels = torch.cat([b.label for b in eval_batches]).numpy()
+        self.config = config
+        self.device = device
+
+    def __call__(self, arch: Architecture) -> dict[str, Any]:
+        start = time.perf_counter()
+        weights = self.supernet.subnet_weights(arch)
+        head_weight = weights["head.weight"].detach().float().clone()  # (1, F)
+        head_bias = weights["head.bias"].detach().float().clone()  # (1,)
+        train_features = self._features(arch, self.finetune_batches)
+        eval_features = torch.cat(self._features(arch, self.eval_batches))  # (N, F)
+        inherited = self._score(eval_features, head_weight, head_bias)
+        tuned = self._score(eval_features, *self._train_head(train_features, head_weight, head_bias))
+        mflops, parameters = architecture_cost(arch, self.supernet.schema)
+        return {
+            "architecture": arch.to_dict(),
+            "val_logloss": tuned["log_loss"],
+            "val_auc": tuned["auc"],
+            "supernet_logloss": inherited["log_loss"],
+            "supernet_auc": inherited["auc"],
+            "mflops": mflops,
+            "parameters": parameters,
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+
+    @torch.no_grad()
+    def _features(self, arch: Architecture, batches: list[Batch]) -> list[Tensor]:
+        with autocast(self.device):
+            return [self.supernet.subnet_head_inputs(arch, b.dense, b.sparse).float() for b in batches]
+
+    def _train_head(self, features: list[Tensor], weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+        config = self.config
+        weight, bias = weight.requires_grad_(), bias.requires_grad_()
+        optimizer = SliceAdagrad([weight, bias], lr=config.finetune_lr)
+        warmup_fraction = config.finetune_warmup_steps / max(config.finetune_steps, 1)
+        for step in range(config.finetune_steps):
+            k = step % len(features)
+            optimizer.lr = learning_rate(step, config.finetune_steps, config.finetune_lr, warmup_fraction)
+            logits = (features[k] @ weight.T).squeeze(-1) + bias
+            loss = F.binary_cross_entropy_with_logits(logits, self.finetune_batches[k].label)
+            weight_grad, bias_grad = torch.autograd.grad(loss, [weight, bias])
+            optimizer.apply([(weight, None, weight_grad), (bias, None, bias_grad)])
+        return weight.detach(), bias.detach()
+
+    @torch.no_grad()
+    def _score(self, features: Tensor, weight: Tensor, bias: Tensor) -> dict[str, float]:
+        probabilities = torch.sigmoid((features @ weight.T).squeeze(-1) + bias).cpu().numpy()
+        if not np.isfinite(probabilities).all():
+            return {"log_loss": math.inf, "auc": 0.5}
+        return {"log_loss": log_loss(self.eval_labels, probabilities), "auc": roc_auc(self.eval_labels, probabilities)}
+
+
+class SearchHistory:
+    """The JSON-lines history: one record per evaluated architecture, appended and flushed as it comes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records: dict[Architecture, dict[str, Any]] = {}
+        if path.exists():
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    arch = Architecture.from_dict(record["architecture"])
+                except (ValueError, KeyError) as error:  # a line cut short by a kill: evaluate again
+                    if number == len(path.read_text().splitlines()):
+                        break
+                    raise ValueError(f"{path}, line {number}: not a search record ({error})") from error
+                self.records[arch] = record
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        """Drop a torn last line so that appends start on a fresh line."""
+        partial = self.path.with_suffix(".partial")
+        partial.write_text("".join(json.dumps(r) + "\n" for r in self.records.values()))
+        os.replace(partial, self.path)
+
+    def append(self, arch: Architecture, record: dict[str, Any]) -> None:
+        self.records[arch] = record
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+Evaluator = Callable[[list[Architecture]], list[dict[str, Any]]]
+
+
+def regularized_evolution(
+    space: SearchSpace,
+    schema: InputSchema,
+    evaluate: Evaluator,
+    config: SearchConfig,
+    history: SearchHistory,
+    use_layernorm: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the search; returns every evaluated record in evaluation order (best = lowest val_logloss)."""
+    rng = random.Random(config.seed)
+    sampler = ArchitectureSampler(space, config.seed, use_layernorm)
+    seen: set[Architecture] = set()
+    done: list[dict[str, Any]] = []
+
+    def affordable(arch: Architecture) -> bool:
+        return config.max_mflops is None or architecture_cost(arch, schema)[0] <= config.max_mflops
+
+    def run(archs: list[Architecture], generation: int) -> list[dict[str, Any]]:
+        new = [a for a in archs if a not in history.records]
+        for arch, record in zip(new, evaluate(new) if new else []):
+            history.append(arch, {**record, "generation": generation, "index": len(history.records)})
+        records = [history.records[a] for a in archs]
+        done.extend(records)
+        if progress is not None:
+            progress(len(done), config.evaluations)
+        return records
+
+    def new_child(parent: Architecture, mutations: int) -> Architecture:
+        child = mutate(parent, space, rng, mutations)
+        for _ in range(_MAX_DRAWS):
+            if child in seen:  # mutated again, as in the paper
+                child = mutate(child, space, rng, 1)
+            elif not affordable(child):
+                child = mutate(parent, space, rng, mutations)
+            else:
+                seen.add(child)
+                return child
+        raise _budget_error(config.max_mflops)
+
+    def new_member() -> Architecture:
+        for _ in range(_MAX_DRAWS):
+            arch = sampler.sample()
+            if arch not in seen and affordable(arch):
+                seen.add(arch)
+                return arch
+        raise _budget_error(config.max_mflops)
+
+    population = deque(run([new_member() for _ in range(config.population)], -1))
+    for generation in range(config.generations):
+        contenders = rng.sample(list(population), min(config.sample_size, len(population)))
+        parent = Architecture.from_dict(min(contenders, key=lambda r: r["val_logloss"])["architecture"])
+        mutations = mutations_per_child(generation, config.generations)
+        population.extend(run([new_child(parent, mutations) for _ in range(config.children)], generation))
+        for _ in range(config.children):
+            population.popleft()
+    return done
+
+
+def _budget_error(budget: float | None) -> ValueError:
+    return ValueError(f"no new architecture within --max-mflops {budget} after {_MAX_DRAWS} draws; raise the budget")
+
+
+def top_k(records: Iterable[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """The k distinct architectures with the lowest validation log loss."""
+    best: dict[str, dict[str, Any]] = {}
+    for record in records:
+        key = json.dumps(record["architecture"], sort_keys=True)
+        if key not in best or record["val_logloss"] < best[key]["val_logloss"]:
+            best[key] = record
+    return sorted(best.values(), key=lambda r: r["val_logloss"])[:k]
+
+
+# Parallel evaluation: each worker process loads the supernet and the fixed batches once.
+_worker_fitness: HeadFinetuneFitness | None = None
+
+
+def _init_worker(checkpoint: Path, batches: Path, config: FitnessConfig, device: str, threads: int) -> None:
+    global _worker_fitness
+    torch.set_num_threads(threads)
+    data = torch.load(batches, weights_only=False)
+    supernet = load_model(checkpoint, device)
+    _worker_fitness = HeadFinetuneFitness(supernet, data["finetune"], data["eval"], config, torch.device(device))
+
+
+def _evaluate_in_worker(arch_dict: dict[str, Any]) -> dict[str, Any]:
+    return _worker_fitness(Architecture.from_dict(arch_dict))
+
+
+class WorkerPool:
+    """`workers` processes evaluating candidates in parallel; results come back in submission order."""
+
+    def __init__(self, checkpoint: Path, batches: Path, config: FitnessConfig, device: torch.device, workers: int):
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")  # safe with CUDA and with OpenMP thread pools
+        self.pool = context.Pool(
+            workers, initializer=_init_worker, initargs=(checkpoint, batches, config, str(device), threads)
+        )
+
+    def __call__(self, archs: list[Architecture]) -> list[dict[str, Any]]:
+        return self.pool.map(_evaluate_in_worker, [a.to_dict() for a in archs], chunksize=1)
+
+    def close(self) -> None:
+        self.pool.close()
+        self.pool.join()

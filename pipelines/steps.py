@@ -1,0 +1,365 @@
+"""The model steps of the pipeline over ingested data: train_supernet, search, finetune, rank_corr.
+
+Each step reads an ingestion folder (`nasrec ingest`) and artifacts of earlier steps, and writes its
+own artifacts into an output folder. The CLI and the Kubeflow components are thin wrappers over these.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from model.arch import Architecture
+from model.baselines import BaselineConfig, build_baseline
+from model.distributed import init_from_environment, local_device, shutdown
+from model.metrics import kendall_tau, spearman_rho
+from model.network import NASRecNet
+from model.sampling import ArchitectureSampler
+from model.search import (
+    HeadFinetuneFitness,
+    SearchConfig,
+    SearchHistory,
+    WorkerPool,
+    architecture_cost,
+    regularized_evolution,
+    top_k,
+)
+from model.space import get_space
+from model.supernet import Supernet
+from model.trainer import (
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    describe,
+    describe_baseline,
+    evaluate,
+    load_model,
+)
+from model.training import Batch
+from pipelines.data import IngestedData
+from pipelines.plots import plot_auc_vs_mflops, plot_search_trajectory
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write JSON atomically (a kill mid-write keeps the previous file)."""
+    partial = path.with_suffix(path.suffix + ".partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    partial.replace(path)
+    return path
+
+
+def steps_for(data: IngestedData, batch_size: int, epochs: float) -> int:
+    return max(1, math.ceil(data.rows("train") * epochs / batch_size))
+
+
+# ---- train_supernet ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SupernetRun:
+    space: str = "demo"
+    epochs: float = 1.0
+    steps: int | None = None  # overrides epochs
+    batch_size: int = 512
+    lr: float = 0.12
+    full_path_warmup_fraction: float = 0.2  # of the steps (the reference: 15,000 of ~72,000 on Criteo)
+    checkpoint_every: int = 500
+    use_layernorm: bool = True
+    seed: int = 0
+    progress: bool = True
+
+
+def train_supernet(data_dir: Path, out: Path, run: SupernetRun, device: torch.device) -> dict[str, Any]:
+    """Train a supernet on the training split; resumes from `out/checkpoint.pt` when present."""
+    world = init_from_environment(device)
+    device = local_device(device)
+    try:
+        data = IngestedData(data_dir)
+        torch.manual_seed(run.seed)
+        supernet = Supernet(get_space(run.space), data.input_schema, run.use_layernorm)
+        steps = run.steps or steps_for(data, run.batch_size * world.size, run.epochs)
+        config = TrainConfig(
+            steps=steps,
+            lr=run.lr,
+            full_path_warmup_steps=round(steps * run.full_path_warmup_fraction),
+            checkpoint_every=run.checkpoint_every,
+            seed=run.seed,
+            progress=run.progress,
+        )
+        trainer = Trainer(supernet, config, device, out, world, describe(supernet))
+        if trainer.resume() and world.is_main:
+            print(f"resuming from {trainer.checkpoint_path} at step {trainer.step} of {steps}")
+        before = _subnet_losses(supernet, data, run, device) if world.is_main else None
+        result = trainer.fit(data.train_stream(run.batch_size, run.seed))
+        if not world.is_main:
+            return {}
+        metrics = {
+            "run": asdict(run),
+            "device": str(device),
+            "world_size": world.size,
+            "training": asdict(result),
+            "validation_before": before,
+            "validation_after": _subnet_losses(supernet, data, run, device),
+            "checkpoint": str(trainer.checkpoint_path),
+        }
+        write_json(out / "metrics.json", metrics)
+        return metrics
+    finally:
+        shutdown(world)
+
+
+def _subnet_losses(supernet: Supernet, data: IngestedData, run: SupernetRun, device: torch.device) -> dict:
+    """Validation log loss of the full path and the mean over 4 fixed sampled subnets (inherited weights)."""
+    sampler = ArchitectureSampler(supernet.space, seed=10_000 + run.seed, use_layernorm=run.use_layernorm)
+    archs = [sampler.sample() for _ in range(4)]
+    full = evaluate(supernet, data.batches("validation"), device)
+    subnets = [evaluate(lambda d, s, a=a: supernet(d, s, a), data.batches("validation"), device) for a in archs]
+    return {
+        "full_path": full,
+        "subnet_mean_log_loss": sum(m["log_loss"] for m in subnets) / len(subnets),
+        "subnet_mean_auc": sum(m["auc"] for m in subnets) / len(subnets),
+    }
+
+
+# ---- search -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchRun:
+    search: SearchConfig = field(default_factory=SearchConfig)
+    finetune_batches: int = 16  # distinct training batches the head fine-tuning cycles through
+    eval_batches: int = 8  # fixed validation batches every candidate is scored on
+    batch_size: int = 512
+    top_k: int = 15
+    workers: int = 1
+
+
+def fixed_batches(data: IngestedData, run: SearchRun, seed: int) -> tuple[list[Batch], list[Batch]]:
+    """The same fine-tuning batches (seeded shuffle of train) and evaluation batches (validation) for all."""
+    stream = data.train_stream(run.batch_size, seed)
+    finetune = [next(stream) for _ in range(run.finetune_batches)]
+    validation = data.batches("validation", run.batch_size)
+    evaluation = [b for _, b in zip(range(run.eval_batches), validation)]
+    return finetune, evaluation
+
+
+def search(supernet_path: Path, data_dir: Path, out: Path, run: SearchRun, device: torch.device) -> dict[str, Any]:
+    """Regularised evolution; writes history.jsonl, top_k.json, two plots and summary.json into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = IngestedData(data_dir)
+    supernet = load_model(supernet_path, device)
+    if not isinstance(supernet, Supernet):
+        raise ValueError(f"{supernet_path}: holds a {type(supernet).__name__}, not a supernet")
+    if supernet.schema != data.input_schema:
+        raise ValueError(f"{supernet_path}: trained on other features than {data_dir} provides")
+    finetune, evaluation = fixed_batches(data, run, run.search.seed)
+    history = SearchHistory(out / "history.jsonl")
+    if history.records:
+        print(f"resuming: {len(history.records)} evaluations in {history.path} are reused")
+    pool = None
+    if run.workers > 1:
+        batches_path = out / "fitness_batches.pt"
+        torch.save({"finetune": finetune, "eval": evaluation}, batches_path)
+        evaluator = pool = WorkerPool(supernet_path, batches_path, run.search.fitness, device, run.workers)
+    else:
+        fitness = HeadFinetuneFitness(supernet, finetune, evaluation, run.search.fitness, device)
+        evaluator = lambda archs: [fitness(a) for a in archs]  # noqa: E731
+    try:
+        records = regularized_evolution(
+            supernet.space,
+            supernet.schema,
+            evaluator,
+            run.search,
+            history,
+            supernet.use_layernorm,
+            progress=_progress_printer("search"),
+        )
+    finally:
+        if pool is not None:
+            pool.close()
+    best = top_k(records, run.top_k)
+    write_json(out / "top_k.json", best)
+    plot_search_trajectory(records, out / "search_trajectory.png")
+    plot_auc_vs_mflops(records, out / "auc_vs_mflops.png")
+    summary = {
+        "evaluations": len(records),
+        "best": best[0],
+        "config": asdict(run),
+        "artifacts": ["history.jsonl", "top_k.json", "search_trajectory.png", "auc_vs_mflops.png"],
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _progress_printer(name: str):
+    def report(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 20) == 0:
+            print(f"{name}: {done}/{total} architectures evaluated", flush=True)
+
+    return report
+
+
+# ---- finetune ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinetuneRun:
+    epochs: float = 1.0
+    steps: int | None = None  # overrides epochs
+    batch_size: int = 256
+    lr: float = 0.1
+    eval_every: int = 0  # steps; 0: once per epoch
+    warm_start: bool = False  # start from the inherited supernet weights instead of scratch
+    seed: int = 0
+    progress: bool = True
+
+
+def train_network(
+    net: nn.Module,
+    metadata: dict[str, Any],
+    data: IngestedData,
+    run: FinetuneRun,
+    device: torch.device,
+    out: Path | None,
+) -> TrainResult:
+    """Train a standalone network with validation-AUC early stopping: it ends holding its best weights."""
+    steps = run.steps or steps_for(data, run.batch_size, run.epochs)
+    eval_every = run.eval_every or max(1, steps_for(data, run.batch_size, 1.0))
+    config = TrainConfig(steps=steps, lr=run.lr, eval_every=eval_every, seed=run.seed, progress=run.progress)
+
+    def validate(model: nn.Module) -> dict:
+        return evaluate(model, data.batches("validation"), device)
+
+    trainer = Trainer(net, config, device, out, metadata=metadata, validate=validate)
+    trainer.resume()
+    return trainer.fit(data.train_stream(run.batch_size, run.seed))
+
+
+def finetune(
+    architectures: list[Architecture],
+    data_dir: Path,
+    out: Path,
+    run: FinetuneRun,
+    device: torch.device,
+    supernet_path: Path | None = None,
+) -> dict[str, Any]:
+    """Train each architecture, keep the best on validation AUC, report its test metrics."""
+    if not architectures:
+        raise ValueError("finetune needs at least one architecture")
+    if run.warm_start and supernet_path is None:
+        raise ValueError("--warm-start needs --supernet (the weights to inherit)")
+    data = IngestedData(data_dir)
+    supernet = load_model(supernet_path, device) if run.warm_start else None
+    candidates = []
+    for rank, arch in enumerate(architectures):
+        torch.manual_seed(run.seed)
+        net = supernet.extract(arch) if supernet is not None else NASRecNet(arch, data.input_schema)
+        result = train_network(net, describe(net), data, run, device, out / f"candidate_{rank:02d}")
+        candidates.append({"rank": rank, "architecture": arch.to_dict(), "validation": result.best, "net": net})
+        print(f"candidate {rank}: validation AUC {result.best['auc']:.4f}, log loss {result.best['log_loss']:.4f}")
+    winner = max(candidates, key=lambda c: c["validation"]["auc"])
+    net = winner.pop("net")
+    test = evaluate(net, data.batches("test"), device)
+    winner_dir = out / "winner"
+    winner_dir.mkdir(parents=True, exist_ok=True)
+    net.arch.save(winner_dir / "architecture.json")
+    (out / f"candidate_{winner['rank']:02d}" / "checkpoint.pt").replace(winner_dir / "checkpoint.pt")
+    mflops, parameters = architecture_cost(net.arch, data.input_schema)
+    metrics = {
+        "winner": {**winner, "test": test, "mflops": mflops, "parameters": parameters},
+        "candidates": [{k: v for k, v in c.items() if k != "net"} for c in candidates],
+        "run": asdict(run),
+    }
+    write_json(winner_dir / "metrics.json", metrics)
+    print(f"winner: candidate {winner['rank']}: test AUC {test['auc']:.4f}, log loss {test['log_loss']:.4f}")
+    return metrics
+
+
+def read_architectures(path: Path, limit: int | None = None) -> list[Architecture]:
+    """Architectures from a search's top_k.json, or a single architecture JSON file."""
+    data = json.loads(path.read_text())
+    if isinstance(data, list):
+        archs = [Architecture.from_dict(r["architecture"]) for r in data]
+    else:
+        archs = [Architecture.from_json(path.read_text(), source=str(path))]
+    return archs[:limit] if limit else archs
+
+
+def train_baseline(name: str, data_dir: Path, out: Path | None, run: FinetuneRun, device: torch.device) -> dict:
+    """A hand-designed baseline on the same data path and loop; test metrics of its best validation point."""
+    data = IngestedData(data_dir)
+    torch.manual_seed(run.seed)
+    config = BaselineConfig()
+    net = build_baseline(name, data.input_schema, config)
+    result = train_network(net, describe_baseline(name, data.input_schema, config), data, run, device, out)
+    return {"validation": result.best, "test": evaluate(net.eval(), data.batches("test"), device)}
+
+
+# ---- rank correlation -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RankCorrRun:
+    architectures: int = 20
+    search: SearchRun = field(default_factory=SearchRun)
+    train: FinetuneRun = field(default_factory=FinetuneRun)
+    max_mflops: float | None = None
+    seed: int = 0
+
+
+def rank_corr(supernet_path: Path, data_dir: Path, out: Path, run: RankCorrRun, device: torch.device) -> dict:
+    """Kendall tau / Spearman rho between supernet scores (with and without head fine-tuning) and
+    the validation log loss of the same architectures trained from scratch."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = IngestedData(data_dir)
+    supernet = load_model(supernet_path, device)
+    finetune_batches, eval_batches = fixed_batches(data, run.search, run.seed)
+    fitness = HeadFinetuneFitness(supernet, finetune_batches, eval_batches, run.search.search.fitness, device)
+    archs = _distinct_architectures(supernet, run)
+    rows = []
+    for i, arch in enumerate(archs):
+        scores = fitness(arch)
+        torch.manual_seed(run.seed)
+        net = NASRecNet(arch, data.input_schema)
+        trained = train_network(net, describe(net), data, replace(run.train, progress=False), device, None)
+        rows.append({**scores, "standalone": trained.best})
+        print(
+            f"architecture {i + 1}/{len(archs)}: supernet {scores['supernet_logloss']:.4f}, "
+            f"fine-tuned head {scores['val_logloss']:.4f}, standalone {trained.best['log_loss']:.4f}",
+            flush=True,
+        )
+        write_json(out / "rank_corr_rows.json", rows)
+    truth = [r["standalone"]["log_loss"] for r in rows]
+    result = {
+        "architectures": len(rows),
+        "without_finetuning": _correlations([r["supernet_logloss"] for r in rows], truth),
+        "with_finetuning": _correlations([r["val_logloss"] for r in rows], truth),
+        "run": asdict(run),
+    }
+    write_json(out / "rank_corr.json", result)
+    return result
+
+
+def _correlations(scores: list[float], truth: list[float]) -> dict[str, float]:
+    return {"kendall_tau": kendall_tau(scores, truth), "spearman_rho": spearman_rho(scores, truth)}
+
+
+def _distinct_architectures(supernet: Supernet, run: RankCorrRun) -> list[Architecture]:
+    sampler = ArchitectureSampler(supernet.space, seed=run.seed, use_layernorm=supernet.use_layernorm)
+    archs: list[Architecture] = []
+    draws = 0
+    while len(archs) < run.architectures:
+        draws += 1
+        if draws > 1000 * run.architectures:
+            raise ValueError(f"could not draw {run.architectures} distinct architectures within the MFLOPs budget")
+        arch = sampler.sample()
+        over = run.max_mflops is not None and architecture_cost(arch, supernet.schema)[0] > run.max_mflops
+        if arch not in archs and not over:
+            archs.append(arch)
+    return archs

@@ -1,0 +1,140 @@
+"""The model steps over ingested data: supernet training, search (seeded, resumable, parallel),
+fine-tuning and the rank-correlation study."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.sampling import ArchitectureSampler
+from model.search import FitnessConfig, SearchConfig
+from model.trainer import load_checkpoint, load_model
+from pipelines import steps
+
+CPU = torch.device("cpu")
+TINY_SEARCH = steps.SearchRun(
+    search=SearchConfig(
+        population=6, generations=3, sample_size=3, children=2, fitness=FitnessConfig(40, 0.04, 4), seed=1
+    ),
+    finetune_batches=3,
+    eval_batches=2,
+    batch_size=256,
+    top_k=3,
+)
+
+
+@pytest.fixture(scope="module")
+def supernet_dir(ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("supernet")
+    run = steps.SupernetRun(steps=300, batch_size=128, lr=0.05, checkpoint_every=100, progress=False)
+    steps.train_supernet(ingested, out, run, CPU)
+    return out
+
+
+def test_a_short_supernet_run_lowers_validation_log_loss(supernet_dir: Path) -> None:
+    metrics = json.loads((supernet_dir / "metrics.json").read_text())
+    before, after = metrics["validation_before"], metrics["validation_after"]
+    assert after["full_path"]["log_loss"] < before["full_path"]["log_loss"]
+    assert after["subnet_mean_log_loss"] < before["subnet_mean_log_loss"]
+    assert metrics["training"]["steps"] == 300
+    assert metrics["training"]["samples_per_second"] > 0
+
+
+def _history(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+
+
+def _without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def test_a_seeded_search_is_reproducible_and_resumes(ingested: Path, supernet_dir: Path, tmp_path: Path) -> None:
+    checkpoint = supernet_dir / "checkpoint.pt"
+    first = steps.search(checkpoint, ingested, tmp_path / "a", TINY_SEARCH, CPU)
+    steps.search(checkpoint, ingested, tmp_path / "b", TINY_SEARCH, CPU)
+    history = _history(tmp_path / "a")
+    assert len(history) == TINY_SEARCH.search.evaluations == 12
+    assert _without_timing(history) == _without_timing(_history(tmp_path / "b"))
+    assert [r["generation"] for r in history] == [-1] * 6 + [0, 0, 1, 1, 2, 2]
+    assert first["best"]["val_logloss"] == min(r["val_logloss"] for r in history)
+    for name in ("top_k.json", "search_trajectory.png", "auc_vs_mflops.png", "summary.json"):
+        assert (tmp_path / "a" / name).stat().st_size > 0
+
+    # interrupted after 7 evaluations, the last line torn: the resumed search ends with the same history
+    lines = (tmp_path / "a" / "history.jsonl").read_text().splitlines()
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "history.jsonl").write_text("\n".join(lines[:7]) + "\n" + lines[7][:40])
+    steps.search(checkpoint, ingested, tmp_path / "c", TINY_SEARCH, CPU)
+    resumed = _history(tmp_path / "c")
+    assert _without_timing(resumed) == _without_timing(history)
+    assert [r["seconds"] for r in resumed[:7]] == [r["seconds"] for r in history[:7]]  # reused, not re-evaluated
+
+
+def test_parallel_workers_evaluate_the_same_search(ingested: Path, supernet_dir: Path, tmp_path: Path) -> None:
+    checkpoint = supernet_dir / "checkpoint.pt"
+    steps.search(checkpoint, ingested, tmp_path / "one", TINY_SEARCH, CPU)
+    steps.search(checkpoint, ingested, tmp_path / "two", replace(TINY_SEARCH, workers=2), CPU)
+    one, two = _history(tmp_path / "one"), _history(tmp_path / "two")
+    assert [r["architecture"] for r in one] == [r["architecture"] for r in two]
+    for a, b in zip(one, two):
+        assert a["val_logloss"] == pytest.approx(b["val_logloss"], abs=1e-5)
+
+
+def test_a_tight_mflops_budget_is_respected_or_reported(ingested: Path, supernet_dir: Path, tmp_path: Path) -> None:
+    checkpoint = supernet_dir / "checkpoint.pt"
+    budget = replace(TINY_SEARCH, search=replace(TINY_SEARCH.search, max_mflops=0.15))
+    steps.search(checkpoint, ingested, tmp_path / "cheap", budget, CPU)
+    assert max(r["mflops"] for r in _history(tmp_path / "cheap")) <= 0.15
+    impossible = replace(TINY_SEARCH, search=replace(TINY_SEARCH.search, max_mflops=1e-6))
+    with pytest.raises(ValueError, match="max-mflops"):
+        steps.search(checkpoint, ingested, tmp_path / "none", impossible, CPU)
+
+
+def test_finetune_picks_the_best_on_validation_and_reports_test(
+    ingested: Path, supernet_dir: Path, tmp_path: Path
+) -> None:
+    search_dir = tmp_path / "search"
+    steps.search(supernet_dir / "checkpoint.pt", ingested, search_dir, TINY_SEARCH, CPU)
+    archs = steps.read_architectures(search_dir / "top_k.json", 2)
+    run = steps.FinetuneRun(steps=30, batch_size=256, eval_every=10, progress=False)
+    metrics = steps.finetune(archs, ingested, tmp_path / "finetune", run, CPU)
+    winner = metrics["winner"]
+    assert winner["validation"]["auc"] == max(c["validation"]["auc"] for c in metrics["candidates"])
+    assert 0.0 <= winner["test"]["auc"] <= 1.0 and winner["test"]["rows"] == 2000
+    saved = tmp_path / "finetune" / "winner"
+    model = load_model(saved / "checkpoint.pt")
+    assert model.arch.to_dict() == json.loads((saved / "architecture.json").read_text())
+    assert json.loads((saved / "metrics.json").read_text())["winner"]["test"] == winner["test"]
+
+
+def test_warm_start_begins_from_the_inherited_weights(ingested: Path, supernet_dir: Path, tmp_path: Path) -> None:
+    checkpoint = supernet_dir / "checkpoint.pt"
+    supernet = load_model(checkpoint)
+    arch = ArchitectureSampler(supernet.space, 4).sample()
+    run = steps.FinetuneRun(steps=1, batch_size=256, lr=1e-9, warm_start=True, progress=False)
+    steps.finetune([arch], ingested, tmp_path / "warm", run, CPU, supernet_path=checkpoint)
+    trained = load_checkpoint(tmp_path / "warm" / "winner" / "checkpoint.pt")["model"]
+    inherited = supernet.extract(arch).state_dict()
+    for name, value in inherited.items():
+        assert torch.allclose(trained[name], value, atol=1e-6), name
+    with pytest.raises(ValueError, match="--warm-start needs --supernet"):
+        steps.finetune([arch], ingested, tmp_path / "x", run, CPU)
+
+
+def test_rank_correlation_study(ingested: Path, supernet_dir: Path, tmp_path: Path) -> None:
+    run = steps.RankCorrRun(
+        architectures=4,
+        search=TINY_SEARCH,
+        train=steps.FinetuneRun(steps=20, batch_size=256, eval_every=10, progress=False),
+    )
+    result = steps.rank_corr(supernet_dir / "checkpoint.pt", ingested, tmp_path, run, CPU)
+    assert result["architectures"] == 4
+    for key in ("without_finetuning", "with_finetuning"):
+        assert -1.0 <= result[key]["kendall_tau"] <= 1.0
+        assert -1.0 <= result[key]["spearman_rho"] <= 1.0
+    rows = json.loads((tmp_path / "rank_corr_rows.json").read_text())
+    assert len({json.dumps(r["architecture"]) for r in rows}) == 4
