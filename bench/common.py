@@ -84,3 +84,36 @@ def write_json(path: Path | None, figures: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(figures, indent=2) + "\n")
         print(f"figures written to {path}")
+
+
+def write_teacher_splits(folder: Path, rows: int, cardinality: int, seed: int = 0) -> Path:
+    """Model-ready train/validation/test splits (8:1:1) of teacher-labelled Criteo-shaped rows.
+
+    The ingestion folder format without going through Feast: benchmarks of model quality on large
+    synthetic data need neither the raw-log parsing nor the point-in-time join (bench/ingest.py
+    measures those), and the GPU machine has no Feast.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from features.synthetic import TeacherCTR
+    from features.transform import LABEL, Encoding, FeatureTransform
+
+    folder.mkdir(parents=True, exist_ok=True)
+    dense_names = tuple(f"I{i + 1}" for i in range(13))
+    sparse_names = tuple(f"C{i + 1}" for i in range(26))
+    transform = FeatureTransform("teacher", dense_names, tuple(Encoding(n, buckets=cardinality) for n in sparse_names))
+    teacher = TeacherCTR(13, (cardinality,) * 26, seed=seed)
+    bounds = {
+        "train": (0, rows * 8 // 10),
+        "validation": (rows * 8 // 10, rows * 9 // 10),
+        "test": (rows * 9 // 10, rows),
+    }
+    for split, (start, stop) in bounds.items():
+        data = teacher.sample(stop - start, seed=seed * 1000 + start)
+        columns = {n: data.dense[:, i] for i, n in enumerate(dense_names)}
+        columns |= {n: data.sparse[:, i] for i, n in enumerate(sparse_names)}
+        columns[LABEL] = data.label
+        pq.write_table(pa.table(columns), folder / f"{split}.parquet", row_group_size=65_536)
+    transform.save(folder / "transform.json")
+    return folder

@@ -224,6 +224,7 @@ class Trainer:
             "adagrad_sums": [self.optimizer.state_sums[p] for p in self.model.parameters()],
             "sampler_state": None if self.sampler is None else self.sampler.rng.getstate(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             "python_rng": random.getstate(),
             "loss_curve": self.loss_curve,
             "validation_curve": self.validation_curve,
@@ -249,7 +250,9 @@ class Trainer:
             self.optimizer.state_sums[param].copy_(sums)
         if self.sampler is not None:
             self.sampler.rng.setstate(state["sampler_state"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         random.setstate(state["python_rng"])
         self.step = state["step"]
         self.loss_curve = [tuple(point) for point in state["loss_curve"]]

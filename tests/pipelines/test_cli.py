@@ -33,3 +33,29 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert 0.0 <= metrics["subnet_validation_auc"] <= 1.0 and metrics["steps"] == 4
     Architecture.load(tmp_path / "subnet_architecture.json").check(get_space("demo"))
     assert "validation AUC" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["train-supernet", "search", "finetune", "rank-corr"])
+def test_every_option_of_the_model_steps_is_explained(command):
+    from pipelines.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if a.choices and command in a.choices)
+    options = [a for a in subparsers.choices[command]._actions if a.dest != "help"]
+    assert options
+    for option in options:
+        assert option.help and len(option.help) > 10, f"{command} {option.option_strings}: no help"
+
+
+def test_model_steps_through_the_cli(ingested, tmp_path, capsys):
+    """train-supernet -> search -> finetune, and a clear error for a missing checkpoint."""
+    data = ["--data", str(ingested), "--device", "cpu"]
+    main(["train-supernet", *data, "--steps", "6", "--batch-size", "64", "--out", str(tmp_path / "s")])
+    search = ["--population", "3", "--generations", "1", "--sample-size", "2", "--children", "1"]
+    search += ["--finetune-steps", "5", "--finetune-batches", "2", "--eval-batches", "1", "--top-k", "2"]
+    main(["search", *data, "--supernet", str(tmp_path / "s" / "checkpoint.pt"), *search, "--out", str(tmp_path / "x")])
+    top = tmp_path / "x" / "top_k.json"
+    main(["finetune", *data, "--architectures", str(top), "--top-k", "1", "--steps", "4", "--out", str(tmp_path / "f")])
+    assert (tmp_path / "f" / "winner" / "architecture.json").exists()
+    assert "winner: candidate 0: test AUC" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"nasrec search: error: .*missing\.pt: not a readable checkpoint"):
+        main(["search", *data, "--supernet", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "y")])

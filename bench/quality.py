@@ -1,0 +1,212 @@
+"""Searched NASRecNet against hand-designed baselines on the 10-fold protocol of ../shared/data/README.md.
+
+Per fold k (test = fold k, validation = fold k+1, train = the rest), everything through the product's
+own steps: Feast ingestion, supernet training, regularised evolution with head fine-tuning, and
+training the top-k architectures; the baselines go through the same data path and training loop.
+Every model (each top-k architecture, each baseline) is trained at each learning rate of a small grid
+with early stopping on validation AUC; the best validation point is the one tested. Nothing looks
+at the test fold before that.
+
+    python -m bench.quality --data criteo --json runs/bench/quality_criteo.json
+    python -m bench.quality --data avazu
+    python -m bench.quality --data FILE --schema SCHEMA.yaml --folds FOLDS.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from bench.common import add_json_argument, write_json
+from features.schema import DatasetSchema, builtin_schema
+from model.baselines import BASELINES
+from model.network import NASRecNet
+from model.search import FitnessConfig, SearchConfig
+from model.trainer import default_device, describe, evaluate
+from pipelines import steps
+from pipelines.data import IngestedData
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+BUILTIN = {"criteo": SHARED / "criteo_kaggle_10k" / "train.txt", "avazu": SHARED / "avazu_10k" / "train.csv"}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="criteo, avazu (the shared samples) or a raw log file")
+    parser.add_argument("--schema", type=Path, help="schema YAML for a raw log file (see `nasrec ingest`)")
+    parser.add_argument("--folds", type=Path, help="fold file (row,fold) for a raw log file")
+    parser.add_argument("--fold-count", type=int, default=10, help="folds to run, from fold 0 (default: all 10)")
+    parser.add_argument("--space", default="demo", help="search space (default: demo)")
+    parser.add_argument("--supernet-epochs", type=float, default=6, help="default: 6")
+    parser.add_argument("--population", type=int, default=24, help="search population (default: 24)")
+    parser.add_argument("--generations", type=int, default=8, help="search generations (default: 8)")
+    parser.add_argument("--head-steps", type=int, default=100, help="head fine-tuning steps (default: 100)")
+    parser.add_argument("--top-k", type=int, default=2, help="architectures trained from scratch (default: 2)")
+    parser.add_argument("--epochs", type=float, default=6, help="most epochs per model (default: 6)")
+    parser.add_argument("--lrs", type=float, nargs="+", default=[0.03, 0.1], help="Adagrad lr grid (default: 0.03 0.1)")
+    parser.add_argument("--baselines", nargs="+", default=sorted(BASELINES), help="default: all")
+    parser.add_argument("--device", help="default: cuda when available")
+    parser.add_argument("--jobs", type=int, default=1, help="folds run in parallel processes (default: 1)")
+    parser.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
+    add_json_argument(parser)
+    return parser.parse_args()
+
+
+def dataset(args: argparse.Namespace) -> tuple[DatasetSchema, Path, Path]:
+    if args.data in BUILTIN:
+        raw = BUILTIN[args.data]
+        return builtin_schema(args.data), raw, raw.parent / "folds.csv"
+    if args.schema is None or args.folds is None:
+        raise SystemExit("bench.quality: a raw log file needs --schema and --folds")
+    return DatasetSchema.load(args.schema), Path(args.data), args.folds
+
+
+def best_over_lrs(train, lrs: list[float]) -> dict:
+    """Train at each lr; keep the one with the best validation AUC (its test metrics ride along)."""
+    results = [{"lr": lr, **train(lr)} for lr in lrs]
+    return max(results, key=lambda r: r["validation"]["auc"])
+
+
+def run_fold(k: int, schema: DatasetSchema, raw: Path, folds: Path, args, device: torch.device) -> dict:
+    work = args.work / f"fold{k}"
+    data = work / "data"
+    if not (data / "transform.json").exists():  # folds ingested earlier (e.g. on another machine) are reused
+        from features.ingest import SplitSpec, ingest  # Feast: only where folds still need ingesting
+
+        if not raw.exists():
+            raise SystemExit(f"bench.quality: {raw} is absent (the shared samples are not beside this checkout)")
+        ingest(schema, [raw], data, SplitSpec(folds=folds, fold=k), log=lambda *_: None)
+    seconds = {}
+    clock = time.perf_counter()
+    supernet_run = steps.SupernetRun(
+        space=args.space, epochs=args.supernet_epochs, batch_size=256, lr=0.05, seed=k, progress=False
+    )
+    steps.train_supernet(data, work / "supernet", supernet_run, device)
+    seconds["supernet"], clock = time.perf_counter() - clock, time.perf_counter()
+    search_config = SearchConfig(
+        population=args.population,
+        generations=args.generations,
+        sample_size=max(2, args.population // 4),
+        children=max(1, args.population // 8),
+        seed=k,
+        fitness=FitnessConfig(finetune_steps=args.head_steps, finetune_warmup_steps=args.head_steps // 10),
+    )
+    search_run = steps.SearchRun(search=search_config, finetune_batches=16, eval_batches=2, top_k=args.top_k)
+    steps.search(work / "supernet" / "checkpoint.pt", data, work / "search", search_run, device)
+    seconds["search"], clock = time.perf_counter() - clock, time.perf_counter()
+    archs = steps.read_architectures(work / "search" / "top_k.json", args.top_k)
+    data_dir = IngestedData(data)
+    quarter_epoch = max(1, data_dir.rows("train") // 256 // 4)  # deep models peak early on small data
+    base = steps.FinetuneRun(epochs=args.epochs, batch_size=256, eval_every=quarter_epoch, seed=k, progress=False)
+
+    def nasrec(lr: float) -> dict:
+        per_arch = []
+        for i, arch in enumerate(archs):
+            torch.manual_seed(k)
+            net = NASRecNet(arch, data_dir.input_schema)
+            result = steps.train_network(net, describe(net), data_dir, replace(base, lr=lr), device, None)
+            per_arch.append({"rank": i, "validation": result.best, "net": net})
+        best = max(per_arch, key=lambda r: r["validation"]["auc"])
+        test = evaluate(best["net"], data_dir.batches("test"), device)
+        return {"validation": best["validation"], "test": test, "architecture_rank": best["rank"]}
+
+    models = {"nasrecnet": best_over_lrs(nasrec, args.lrs)}
+    seconds["nasrecnet_training"], clock = time.perf_counter() - clock, time.perf_counter()
+    for name in args.baselines:
+
+        def baseline(lr: float, name: str = name) -> dict:
+            return steps.train_baseline(name, data, None, replace(base, lr=lr), device)
+
+        models[name] = best_over_lrs(baseline, args.lrs)
+    seconds["baselines_training"] = time.perf_counter() - clock
+    line = ", ".join(f"{n} {m['test']['auc']:.4f}" for n, m in models.items())
+    phases = ", ".join(f"{n} {v:.0f} s" for n, v in seconds.items())
+    print(f"fold {k}: test AUC {line}; {phases}", flush=True)
+    return models
+
+
+def summarise(folds: list[dict]) -> dict:
+    names = list(folds[0])
+    table = {}
+    for name in names:
+        auc = [f[name]["test"]["auc"] for f in folds]
+        loss = [f[name]["test"]["log_loss"] for f in folds]
+        table[name] = {
+            "auc_mean": statistics.fmean(auc),
+            "auc_std": statistics.stdev(auc) if len(auc) > 1 else 0.0,
+            "log_loss_mean": statistics.fmean(loss),
+            "log_loss_std": statistics.stdev(loss) if len(loss) > 1 else 0.0,
+        }
+        if name != "nasrecnet":
+            diff = [f["nasrecnet"]["test"]["auc"] - f[name]["test"]["auc"] for f in folds]
+            table[name]["nasrecnet_minus_this_auc_mean"] = statistics.fmean(diff)
+            table[name]["nasrecnet_minus_this_auc_std"] = statistics.stdev(diff) if len(diff) > 1 else 0.0
+    return table
+
+
+def report(schema: DatasetSchema, args: argparse.Namespace, results: dict[int, dict], seconds: float) -> None:
+    """Print the table and write the JSON over the folds done so far (a cut-short run keeps its folds)."""
+    folds = [results[k] for k in sorted(results)]
+    table = summarise(folds)
+    print(f"\n{schema.name}: test AUC and log loss over {len(folds)} folds (mean ± std), paired AUC difference")
+    for name, row in table.items():
+        paired = ""
+        if name != "nasrecnet":
+            diff, spread = row["nasrecnet_minus_this_auc_mean"], row["nasrecnet_minus_this_auc_std"]
+            paired = f"   NASRecNet - {name}: {diff:+.4f} ± {spread:.4f}"
+        print(
+            f"  {name:10s} AUC {row['auc_mean']:.4f} ± {row['auc_std']:.4f}   "
+            f"log loss {row['log_loss_mean']:.4f} ± {row['log_loss_std']:.4f}{paired}",
+            flush=True,
+        )
+    write_json(
+        args.json,
+        {
+            "dataset": schema.name,
+            "folds": sorted(results),
+            "space": args.space,
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "seconds": round(seconds, 1),
+            "table": table,
+            "per_fold": {
+                k: {n: {"test": m["test"], "validation": m["validation"], "lr": m["lr"]} for n, m in f.items()}
+                for k, f in results.items()
+            },
+        },
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    schema, raw, folds = dataset(args)
+    args.work = args.work or Path(tempfile.mkdtemp(prefix=f"quality_{schema.name}_"))
+    device = torch.device(args.device) if args.device else default_device()
+    start = time.perf_counter()
+    results: dict[int, dict] = {}
+    if args.jobs > 1:
+        context = multiprocessing.get_context("spawn")
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        with ProcessPoolExecutor(
+            args.jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)
+        ) as pool:
+            futures = {pool.submit(run_fold, k, schema, raw, folds, args, device): k for k in range(args.fold_count)}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                report(schema, args, results, time.perf_counter() - start)
+    else:
+        for k in range(args.fold_count):
+            results[k] = run_fold(k, schema, raw, folds, args, device)
+            report(schema, args, results, time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    main()
