@@ -154,14 +154,15 @@ class SearchHistory:
         self.path = path
         self.records: dict[Architecture, dict[str, Any]] = {}
         if path.exists():
-            for number, line in enumerate(path.read_text().splitlines(), 1):
+            lines = path.read_text().splitlines()
+            for number, line in enumerate(lines, 1):
                 if not line.strip():
                     continue
                 try:
                     record = json.loads(line)
                     arch = Architecture.from_dict(record["architecture"])
-                except (ValueError, KeyError) as error:  # a line cut short by a kill: evaluate again
-                    if number == len(path.read_text().splitlines()):
+                except (ValueError, KeyError) as error:
+                    if number == len(lines):  # the last line, cut short by a kill: evaluated again
                         break
                     raise ValueError(f"{path}, line {number}: not a search record ({error})") from error
                 self.records[arch] = record

@@ -158,6 +158,11 @@ def search(supernet_path: Path, data_dir: Path, out: Path, run: SearchRun, devic
         raise ValueError(f"{supernet_path}: holds a {type(supernet).__name__}, not a supernet")
     if supernet.schema != data.input_schema:
         raise ValueError(f"{supernet_path}: trained on other features than {data_dir} provides")
+    identity = {"supernet": str(Path(supernet_path).resolve()), "data": str(Path(data_dir).resolve()), **asdict(run)}
+    identity.pop("workers")  # any number of workers makes the same search
+    if (out / "search.json").exists() and json.loads((out / "search.json").read_text()) != identity:
+        raise ValueError(f"{out}: holds a search with other inputs or options (search.json); use another --out")
+    write_json(out / "search.json", identity)
     finetune, evaluation = fixed_batches(data, run, run.search.seed)
     history = SearchHistory(out / "history.jsonl")
     if history.records:

@@ -72,6 +72,9 @@ def test_a_seeded_search_is_reproducible_and_resumes(ingested: Path, supernet_di
     resumed = _history(tmp_path / "c")
     assert _without_timing(resumed) == _without_timing(history)
     assert [r["seconds"] for r in resumed[:7]] == [r["seconds"] for r in history[:7]]  # reused, not re-evaluated
+    other = replace(TINY_SEARCH, search=replace(TINY_SEARCH.search, seed=2))
+    with pytest.raises(ValueError, match="other inputs or options"):
+        steps.search(checkpoint, ingested, tmp_path / "c", other, CPU)
 
 
 def test_parallel_workers_evaluate_the_same_search(ingested: Path, supernet_dir: Path, tmp_path: Path) -> None:
