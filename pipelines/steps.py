@@ -288,11 +288,12 @@ def finetune(
 
 def read_architectures(path: Path, limit: int | None = None) -> list[Architecture]:
     """Architectures from a search's top_k.json, or a single architecture JSON file."""
-    data = json.loads(path.read_text())
+    text = path.read_text()
+    data = json.loads(text)
     if isinstance(data, list):
         archs = [Architecture.from_dict(r["architecture"]) for r in data]
     else:
-        archs = [Architecture.from_json(path.read_text(), source=str(path))]
+        archs = [Architecture.from_json(text, source=str(path))]
     return archs[:limit] if limit else archs
 
 
