@@ -3,9 +3,9 @@
 Per fold k (test = fold k, validation = fold k+1, train = the rest), everything through the product's
 own steps: Feast ingestion, supernet training, regularised evolution with head fine-tuning, and
 training the top-k architectures; the baselines go through the same data path and training loop.
-Every model (each top-k architecture, each baseline) is trained at each learning rate of a small grid
-with early stopping on validation AUC; the best validation point is the one tested. Nothing looks
-at the test fold before that.
+Every model (each top-k architecture, each baseline) is trained at each point of the same small
+optimiser/learning-rate grid with early stopping on validation AUC; the best validation point is the
+one tested. Nothing looks at the test fold before that.
 
     python -m bench.quality --data criteo --json runs/bench/quality_criteo.json
     python -m bench.quality --data avazu
@@ -32,10 +32,12 @@ from model.baselines import BASELINES
 from model.network import NASRecNet
 from model.search import FitnessConfig, SearchConfig
 from model.trainer import default_device, describe, evaluate
+from model.training import OPTIMIZERS
 from pipelines import steps
 from pipelines.data import IngestedData
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_GRID = ("adagrad:0.03", "adagrad:0.1", "adam:0.001", "adam:0.003")
 BUILTIN = {"criteo": SHARED / "criteo_kaggle_10k" / "train.txt", "avazu": SHARED / "avazu_10k" / "train.csv"}
 
 
@@ -52,13 +54,32 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--head-steps", type=int, default=100, help="head fine-tuning steps (default: 100)")
     parser.add_argument("--top-k", type=int, default=2, help="architectures trained from scratch (default: 2)")
     parser.add_argument("--epochs", type=float, default=6, help="most epochs per model (default: 6)")
-    parser.add_argument("--lrs", type=float, nargs="+", default=[0.03, 0.1], help="Adagrad lr grid (default: 0.03 0.1)")
+    parser.add_argument(
+        "--grid",
+        type=grid_point,
+        nargs="+",
+        default=[grid_point(p) for p in DEFAULT_GRID],
+        help=f"OPTIMIZER:LR points every model is trained at (default: {' '.join(DEFAULT_GRID)})",
+    )
+    parser.add_argument(
+        "--patience", type=int, default=4, help="validations (every quarter epoch) without gain to stop (default: 4)"
+    )
     parser.add_argument("--baselines", nargs="+", default=sorted(BASELINES), help="default: all")
     parser.add_argument("--device", help="default: cuda when available")
     parser.add_argument("--jobs", type=int, default=1, help="folds run in parallel processes (default: 1)")
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
     add_json_argument(parser)
     return parser.parse_args()
+
+
+def grid_point(text: str) -> tuple[str, float]:
+    optimizer, _, lr = text.partition(":")
+    try:
+        if optimizer in OPTIMIZERS:
+            return optimizer, float(lr)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r}: expected OPTIMIZER:LR with OPTIMIZER in {sorted(OPTIMIZERS)}")
 
 
 def dataset(args: argparse.Namespace) -> tuple[DatasetSchema, Path, Path]:
@@ -70,9 +91,9 @@ def dataset(args: argparse.Namespace) -> tuple[DatasetSchema, Path, Path]:
     return DatasetSchema.load(args.schema), Path(args.data), args.folds
 
 
-def best_over_lrs(train, lrs: list[float]) -> dict:
-    """Train at each lr; keep the one with the best validation AUC (its test metrics ride along)."""
-    results = [{"lr": lr, **train(lr)} for lr in lrs]
+def best_over_grid(train, grid: list[tuple[str, float]]) -> dict:
+    """Train at each grid point; keep the best validation AUC (its test metrics ride along)."""
+    results = [{"optimizer": optimizer, "lr": lr, **train(optimizer, lr)} for optimizer, lr in grid]
     return max(results, key=lambda r: r["validation"]["auc"])
 
 
@@ -106,27 +127,30 @@ def run_fold(k: int, schema: DatasetSchema, raw: Path, folds: Path, args, device
     archs = steps.read_architectures(work / "search" / "top_k.json", args.top_k)
     data_dir = IngestedData(data)
     quarter_epoch = max(1, data_dir.rows("train") // 256 // 4)  # deep models peak early on small data
-    base = steps.FinetuneRun(epochs=args.epochs, batch_size=256, eval_every=quarter_epoch, seed=k, progress=False)
+    base = steps.FinetuneRun(
+        epochs=args.epochs, batch_size=256, eval_every=quarter_epoch, patience=args.patience, seed=k, progress=False
+    )
 
-    def nasrec(lr: float) -> dict:
+    def nasrec(optimizer: str, lr: float) -> dict:
         per_arch = []
         for i, arch in enumerate(archs):
             torch.manual_seed(k)
             net = NASRecNet(arch, data_dir.input_schema)
-            result = steps.train_network(net, describe(net), data_dir, replace(base, lr=lr), device, None)
+            run = replace(base, optimizer=optimizer, lr=lr)
+            result = steps.train_network(net, describe(net), data_dir, run, device, None)
             per_arch.append({"rank": i, "validation": result.best, "net": net})
         best = max(per_arch, key=lambda r: r["validation"]["auc"])
         test = evaluate(best["net"], data_dir.batches("test"), device)
         return {"validation": best["validation"], "test": test, "architecture_rank": best["rank"]}
 
-    models = {"nasrecnet": best_over_lrs(nasrec, args.lrs)}
+    models = {"nasrecnet": best_over_grid(nasrec, args.grid)}
     seconds["nasrecnet_training"], clock = time.perf_counter() - clock, time.perf_counter()
     for name in args.baselines:
 
-        def baseline(lr: float, name: str = name) -> dict:
-            return steps.train_baseline(name, data, None, replace(base, lr=lr), device)
+        def baseline(optimizer: str, lr: float, name: str = name) -> dict:
+            return steps.train_baseline(name, data, None, replace(base, optimizer=optimizer, lr=lr), device)
 
-        models[name] = best_over_lrs(baseline, args.lrs)
+        models[name] = best_over_grid(baseline, args.grid)
     seconds["baselines_training"] = time.perf_counter() - clock
     line = ", ".join(f"{n} {m['test']['auc']:.4f}" for n, m in models.items())
     phases = ", ".join(f"{n} {v:.0f} s" for n, v in seconds.items())
@@ -178,7 +202,7 @@ def report(schema: DatasetSchema, args: argparse.Namespace, results: dict[int, d
             "seconds": round(seconds, 1),
             "table": table,
             "per_fold": {
-                k: {n: {"test": m["test"], "validation": m["validation"], "lr": m["lr"]} for n, m in f.items()}
+                k: {n: {key: m[key] for key in ("test", "validation", "optimizer", "lr")} for n, m in f.items()}
                 for k, f in results.items()
             },
         },

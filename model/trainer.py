@@ -1,10 +1,10 @@
 """One training loop for supernets and standalone networks (NASRecNets, baselines).
 
-Adagrad (eps 1e-2), linear warm-up then cosine, gradient-norm clip, BCE-with-logits; for supernets
+Adagrad (eps 1e-2; Adam as an option), linear warm-up then cosine, gradient-norm clip, BCE-with-logits; for supernets
 single-operator any-connection sampling with the full-path warm-up (NASREC.md section 5). CUDA runs
 under bf16 autocast with pinned, non-blocking copies; CPU in float32.
 
-Checkpoints hold everything the next step depends on (weights, Adagrad sums, sampler and torch RNG
+Checkpoints hold everything the next step depends on (weights, optimiser state, sampler and torch RNG
 states, the step), and the data stream is replayed up to that step on resume, so a resumed run
 reaches the same weights as an uninterrupted one. A NaN/inf loss stops the run before the weights
 change and leaves the last good checkpoint in place.
@@ -34,17 +34,18 @@ from model.sampling import ArchitectureSampler
 from model.space import SearchSpace
 from model.supernet import Supernet
 from model.training import (
+    OPTIMIZERS,
     Batch,
     NonFiniteLoss,
-    SliceAdagrad,
     apply_updates,
     autocast,
+    build_optimizer,
     learning_rate,
     network_gradients,
     supernet_gradients,
 )
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
@@ -52,12 +53,14 @@ CHECKPOINT_NAME = "checkpoint.pt"
 class TrainConfig:
     steps: int
     lr: float = 0.12
+    optimizer: str = "adagrad"  # the paper's; "adam" (lazy on embedding rows) often suits small data better
     warmup_fraction: float = 0.1  # of `steps`, for the learning rate
     max_grad_norm: float = 5.0
     full_path_warmup_steps: int = 0  # supernets: full path with probability 1 - t / T before step T
     checkpoint_every: int = 0  # 0: only at the end
     log_every: int = 50
     eval_every: int = 0  # with a `validate` function: evaluate this often and keep the best weights (by AUC)
+    patience: int = 0  # stop after this many validations without a better AUC (0: train all steps)
     seed: int = 0
     progress: bool = True
 
@@ -66,10 +69,12 @@ class TrainConfig:
             raise ValueError(f"steps: must be >= 1, got {self.steps}")
         if self.lr <= 0:
             raise ValueError(f"lr: must be > 0, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: unknown {self.optimizer!r}; known: {sorted(OPTIMIZERS)}")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction: must be in [0, 1), got {self.warmup_fraction}")
-        if min(self.checkpoint_every, self.full_path_warmup_steps, self.eval_every) < 0:
-            raise ValueError("checkpoint_every, full_path_warmup_steps and eval_every must be >= 0")
+        if min(self.checkpoint_every, self.full_path_warmup_steps, self.eval_every, self.patience) < 0:
+            raise ValueError("checkpoint_every, full_path_warmup_steps, eval_every and patience must be >= 0")
 
 
 class TrainingDiverged(FloatingPointError):
@@ -110,7 +115,7 @@ class Trainer:
         self.checkpoint_dir = checkpoint_dir
         self.world = world or World()
         self.metadata = metadata or {}  # stored in every checkpoint (e.g. space, schema, architecture)
-        self.optimizer = SliceAdagrad(model.parameters(), lr=config.lr)
+        self.optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr)
         self.sampler = (
             ArchitectureSampler(model.space, config.seed, model.use_layernorm) if isinstance(model, Supernet) else None
         )
@@ -135,7 +140,7 @@ class Trainer:
         stream = itertools.islice(batches, self.step * self.world.size + self.world.rank, None, self.world.size)
         start, window, samples = time.perf_counter(), [], 0
         progress = self._progress_bar()
-        remaining = itertools.islice(stream, self.config.steps - self.step)
+        remaining = itertools.islice(stream, 0 if self.stopped_early else self.config.steps - self.step)
         for batch in _to_device(remaining, self.device):
             loss = self._train_step(batch)
             self.step += 1
@@ -152,9 +157,11 @@ class Trainer:
                 self._validate()
             if self._due(self.config.checkpoint_every):
                 self.save_checkpoint()
+            if self.stopped_early:
+                break
         if progress is not None:
             progress.close()
-        if self.step < self.config.steps:
+        if self.step < self.config.steps and not self.stopped_early:
             raise ValueError(f"the batch stream ended after {self.step} of {self.config.steps} steps")
         if self.validate is not None and (not self.validation_curve or self.validation_curve[-1]["step"] != self.step):
             self._validate()
@@ -172,6 +179,14 @@ class Trainer:
             list(self.validation_curve),
             None if self.best is None else self.best[0],
         )
+
+    @property
+    def stopped_early(self) -> bool:
+        """`patience` validations in a row brought no better AUC (every rank sees the same curve)."""
+        if not self.config.patience or self.best is None:
+            return False
+        best_step = self.best[0]["step"]
+        return sum(point["step"] > best_step for point in self.validation_curve) >= self.config.patience
 
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0 and self.step < self.config.steps
@@ -221,7 +236,7 @@ class Trainer:
             "config": asdict(self.config),
             "metadata": self.metadata,
             "model": self.model.state_dict(),
-            "adagrad_sums": [self.optimizer.state_sums[p] for p in self.model.parameters()],
+            "optimizer": self.optimizer.state_dict(),
             "sampler_state": None if self.sampler is None else self.sampler.rng.getstate(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
@@ -246,8 +261,7 @@ class Trainer:
                 f"; this run has steps={self.config.steps}, seed={self.config.seed} (use another --out to start over)"
             )
         self.model.load_state_dict(state["model"])
-        for param, sums in zip(self.model.parameters(), state["adagrad_sums"]):
-            self.optimizer.state_sums[param].copy_(sums)
+        self.optimizer.load_state_dict(state["optimizer"])
         if self.sampler is not None:
             self.sampler.rng.setstate(state["sampler_state"])
         torch.set_rng_state(state["torch_rng"].cpu())
@@ -310,8 +324,12 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
         state = torch.load(path, map_location=device, weights_only=False)
     except Exception as error:
         raise ValueError(f"{path}: not a readable checkpoint ({error})") from error
-    if not isinstance(state, dict) or state.get("format_version") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a checkpoint of format {CHECKPOINT_FORMAT}")
+    version = state.get("format_version") if isinstance(state, dict) else None
+    if version == 1:  # Adagrad-only checkpoints: their sums are the Adagrad state of format 2
+        state["optimizer"] = {"name": "adagrad", "tensors": [[sums] for sums in state.pop("adagrad_sums")]}
+        state["config"].setdefault("optimizer", "adagrad")
+    elif version != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a checkpoint of format 1 or {CHECKPOINT_FORMAT}")
     return state
 
 

@@ -1,4 +1,4 @@
-"""Training steps shared by supernets and standalone networks, with an Adagrad that updates slices.
+"""Training steps shared by supernets and standalone networks, with optimisers that update slices.
 
 A supernet step trains one subnet. Its weights are taken as leaves (views or copies of supernet
 slices), so backward costs what the subnet costs; the optimiser then updates only those slices of
@@ -36,6 +36,8 @@ class Batch:
 class SliceAdagrad:
     """Adagrad (torch.optim.Adagrad semantics, no lr decay or weight decay) over slices of parameters."""
 
+    name = "adagrad"
+
     def __init__(self, params: Iterable[nn.Parameter], lr: float, eps: float = 1e-2):
         self.lr = lr
         self.eps = eps
@@ -57,9 +59,94 @@ class SliceAdagrad:
             else:
                 sums = state[index].addcmul_(grad, grad)
                 weights = param[index].addcdiv_(grad, sums.sqrt().add_(self.eps), value=-self.lr)
-                if not all(isinstance(i, slice) for i in index):  # a gathered copy, not a view: write back
+                if not _is_view(index):  # a gathered copy, not a view: write back
                     state[index] = sums
                     param[index] = weights
+
+    def state_dict(self) -> dict:
+        return {"name": self.name, "tensors": [[s] for s in self.state_sums.values()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        _load_tensors(self, state, self.state_sums.values())
+
+
+class SliceAdam:
+    """Adam over slices of parameters; embedding rows are updated lazily, only where a batch has them.
+
+    Lazy sparse updates (as torch.optim.SparseAdam) keep a step's cost proportional to the rows it
+    touches; a supernet slice is updated as if the gradient outside it were absent, not zero. Bias
+    correction counts optimiser steps.
+    """
+
+    name = "adam"
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps=1e-8):
+        self.lr = lr
+        self.betas = betas
+        self.eps = eps
+        self.steps = 0
+        self.moments = {p: (torch.zeros_like(p), torch.zeros_like(p)) for p in params}
+
+    @torch.no_grad()
+    def apply(self, updates: Iterable[Update]) -> None:
+        self.steps += 1
+        beta1, beta2 = self.betas
+        step_size = self.lr / (1 - beta1**self.steps)
+        root_correction = math.sqrt(1 - beta2**self.steps)
+
+        def moved(mean: Tensor, square: Tensor, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            mean.mul_(beta1).add_(grad, alpha=1 - beta1)
+            square.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            return mean, square, mean / square.sqrt().div_(root_correction).add_(self.eps)
+
+        for param, index, grad in updates:
+            mean, square = self.moments[param]
+            if grad.is_sparse:  # embedding rows
+                grad = grad.coalesce()
+                rows = grad.indices()[0]
+                row_mean, row_square = mean.index_select(0, rows), square.index_select(0, rows)
+                row_mean, row_square, step = moved(row_mean, row_square, grad.values())
+                mean.index_copy_(0, rows, row_mean)
+                square.index_copy_(0, rows, row_square)
+                param.index_add_(0, rows, step, alpha=-step_size)
+            elif index is None:
+                param.add_(moved(mean, square, grad)[2], alpha=-step_size)
+            else:
+                slice_mean, slice_square, step = moved(mean[index], square[index], grad)
+                weights = param[index].add_(step, alpha=-step_size)
+                if not _is_view(index):  # gathered copies, not views: write back
+                    mean[index], square[index], param[index] = slice_mean, slice_square, weights
+
+    def state_dict(self) -> dict:
+        return {"name": self.name, "steps": self.steps, "tensors": [list(m) for m in self.moments.values()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        _load_tensors(self, state, self.moments.values())
+        self.steps = state["steps"]
+
+
+Optimizer = SliceAdagrad | SliceAdam
+OPTIMIZERS: dict[str, type[Optimizer]] = {"adagrad": SliceAdagrad, "adam": SliceAdam}
+
+
+def build_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> Optimizer:
+    """An optimiser by name; unknown names fail with the known ones."""
+    try:
+        return OPTIMIZERS[name](params, lr=lr)
+    except KeyError:
+        raise ValueError(f"unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}") from None
+
+
+def _is_view(index: Index) -> bool:
+    return all(isinstance(i, slice) for i in index)
+
+
+def _load_tensors(optimizer: Optimizer, state: dict, own: Iterable) -> None:
+    if state.get("name") != optimizer.name:
+        raise ValueError(f"optimizer state of {state.get('name')!r} cannot resume {optimizer.name!r}")
+    for mine, saved in zip(own, state["tensors"], strict=True):
+        for tensor, value in zip(mine if isinstance(mine, tuple) else (mine,), saved, strict=True):
+            tensor.copy_(value)
 
 
 def clip_gradients(updates: list[Update], max_norm: float) -> tuple[list[Update], float]:
@@ -128,7 +215,7 @@ def supernet_gradients(supernet: Supernet, arch: Architecture | None, batch: Bat
 
 
 def apply_updates(
-    optimizer: SliceAdagrad, loss: Tensor, updates: list[Update], max_grad_norm: float = 5.0
+    optimizer: Optimizer, loss: Tensor, updates: list[Update], max_grad_norm: float = 5.0
 ) -> tuple[float, float]:
     """Clip and apply one step's updates; raise NonFiniteLoss (weights untouched) on NaN/inf. Returns (loss, norm)."""
     value = float(loss)
@@ -141,14 +228,14 @@ def apply_updates(
     return value, norm
 
 
-def network_step(net: nn.Module, batch: Batch, optimizer: SliceAdagrad, max_grad_norm: float = 5.0) -> float:
+def network_step(net: nn.Module, batch: Batch, optimizer: Optimizer, max_grad_norm: float = 5.0) -> float:
     """One optimiser step of a whole network. Returns the loss."""
     loss, updates = network_gradients(net, batch)
     return apply_updates(optimizer, loss, updates, max_grad_norm)[0]
 
 
 def supernet_step(
-    supernet: Supernet, arch: Architecture | None, batch: Batch, optimizer: SliceAdagrad, max_grad_norm: float = 5.0
+    supernet: Supernet, arch: Architecture | None, batch: Batch, optimizer: Optimizer, max_grad_norm: float = 5.0
 ) -> float:
     """One optimiser step of the subnet `arch` (None: the full path), training the supernet slices it uses."""
     loss, updates = supernet_gradients(supernet, arch, batch)

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+OPTIMIZER_NAMES = ("adagrad", "adam")  # model.training.OPTIMIZERS, named here so --help needs no torch import
+
 
 def _schema(args: argparse.Namespace):
     from model.network import InputSchema
@@ -115,6 +117,7 @@ def cmd_train_supernet(args: argparse.Namespace) -> None:
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        optimizer=args.optimizer,
         full_path_warmup_fraction=args.full_path_warmup,
         checkpoint_every=args.checkpoint_every,
         use_layernorm=not args.no_layernorm,
@@ -168,7 +171,9 @@ def _finetune_run(args: argparse.Namespace):
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        optimizer=args.optimizer,
         eval_every=args.eval_every,
+        patience=args.patience,
         warm_start=getattr(args, "warm_start", False),
         seed=args.seed,
     )
@@ -307,9 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--warm-start", action="store_true", help="start from the inherited supernet weights instead of from scratch"
     )
     _schedule_options(finetune, batch_size=256, lr=0.1)
-    finetune.add_argument(
-        "--eval-every", type=int, default=0, help="steps between validations (default: 0 = once per epoch)"
-    )
+    _validation_options(finetune)
     finetune.set_defaults(func=cmd_finetune)
 
     rank = sub.add_parser(
@@ -321,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--architectures", type=int, default=20, help="architectures sampled (default: 20)")
     _search_options(rank, evolution=False)
     _schedule_options(rank, batch_size=256, lr=0.1)
-    rank.add_argument("--eval-every", type=int, default=0, help="steps between validations (default: once per epoch)")
+    _validation_options(rank)
     rank.set_defaults(func=cmd_rank_corr)
     return parser
 
@@ -338,7 +341,27 @@ def _schedule_options(parser: argparse.ArgumentParser, batch_size: int, lr: floa
     parser.add_argument("--steps", type=int, help="optimiser steps (overrides --epochs)")
     parser.add_argument("--batch-size", type=int, default=batch_size, help=f"rows per step (default: {batch_size})")
     parser.add_argument(
-        "--lr", type=float, default=lr, help=f"peak Adagrad learning rate, 10%% warm-up then cosine (default: {lr})"
+        "--lr", type=float, default=lr, help=f"peak learning rate, 10%% warm-up then cosine (default: {lr})"
+    )
+    parser.add_argument(
+        "--optimizer",
+        choices=OPTIMIZER_NAMES,
+        default="adagrad",
+        help="adagrad (eps 1e-2, the paper's) or adam (lazy on embedding rows; try lr 1e-3 to 3e-3 on small data)"
+        " (default: adagrad)",
+    )
+
+
+def _validation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--eval-every", type=int, default=0, help="steps between validations (default: 0 = once per epoch)"
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=0,
+        help="stop after this many validations without a better AUC; the best weights are kept either way"
+        " (default: 0 = train every step)",
     )
 
 

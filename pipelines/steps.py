@@ -68,6 +68,7 @@ class SupernetRun:
     steps: int | None = None  # overrides epochs
     batch_size: int = 512
     lr: float = 0.12
+    optimizer: str = "adagrad"
     full_path_warmup_fraction: float = 0.2  # of the steps (the reference: 15,000 of ~72,000 on Criteo)
     checkpoint_every: int = 500
     use_layernorm: bool = True
@@ -87,6 +88,7 @@ def train_supernet(data_dir: Path, out: Path, run: SupernetRun, device: torch.de
         config = TrainConfig(
             steps=steps,
             lr=run.lr,
+            optimizer=run.optimizer,
             full_path_warmup_steps=round(steps * run.full_path_warmup_fraction),
             checkpoint_every=run.checkpoint_every,
             seed=run.seed,
@@ -159,7 +161,8 @@ def search(supernet_path: Path, data_dir: Path, out: Path, run: SearchRun, devic
     if supernet.schema != data.input_schema:
         raise ValueError(f"{supernet_path}: trained on other features than {data_dir} provides")
     identity = {"supernet": str(Path(supernet_path).resolve()), "data": str(Path(data_dir).resolve()), **asdict(run)}
-    identity.pop("workers")  # any number of workers makes the same search
+    for output_only in ("workers", "top_k"):  # any number of workers makes the same search; top-k only reads it
+        identity.pop(output_only)
     if (out / "search.json").exists() and json.loads((out / "search.json").read_text()) != identity:
         raise ValueError(f"{out}: holds a search with other inputs or options (search.json); use another --out")
     write_json(out / "search.json", identity)
@@ -219,7 +222,9 @@ class FinetuneRun:
     steps: int | None = None  # overrides epochs
     batch_size: int = 256
     lr: float = 0.1
+    optimizer: str = "adagrad"
     eval_every: int = 0  # steps; 0: once per epoch
+    patience: int = 0  # validations without a better AUC before stopping; 0: train every step
     warm_start: bool = False  # start from the inherited supernet weights instead of scratch
     seed: int = 0
     progress: bool = True
@@ -236,7 +241,15 @@ def train_network(
     """Train a standalone network with validation-AUC early stopping: it ends holding its best weights."""
     steps = run.steps or steps_for(data, run.batch_size, run.epochs)
     eval_every = run.eval_every or max(1, steps_for(data, run.batch_size, 1.0))
-    config = TrainConfig(steps=steps, lr=run.lr, eval_every=eval_every, seed=run.seed, progress=run.progress)
+    config = TrainConfig(
+        steps=steps,
+        lr=run.lr,
+        optimizer=run.optimizer,
+        eval_every=eval_every,
+        patience=run.patience,
+        seed=run.seed,
+        progress=run.progress,
+    )
 
     def validate(model: nn.Module) -> dict:
         return evaluate(model, data.batches("validation"), device)

@@ -5,7 +5,7 @@ from model.network import InputSchema, NASRecNet
 from model.sampling import ArchitectureSampler
 from model.space import SPACES, get_space
 from model.supernet import Supernet
-from model.training import Batch, SliceAdagrad, clip_gradients, supernet_step
+from model.training import Batch, SliceAdagrad, SliceAdam, clip_gradients, supernet_step
 
 SCHEMA = InputSchema(num_dense=13, cardinalities=(50, 7, 300, 3, 20, 11))
 BATCH = 8
@@ -104,6 +104,51 @@ def test_slice_adagrad_step_equals_dense_adagrad_on_the_supernet():
         ref_opt.step()
     for (name, a), b in zip(fast.state_dict().items(), reference.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def adam_reference(value: torch.Tensor, grads: list[torch.Tensor], sparse: bool = False) -> torch.Tensor:
+    """`value` after torch's Adam (or SparseAdam, lazy rows) applies `grads` in turn."""
+    param = torch.nn.Parameter(value.clone())
+    optimizer = (torch.optim.SparseAdam if sparse else torch.optim.Adam)([param], lr=0.01, eps=1e-12)
+    for grad in grads:
+        param.grad = grad
+        optimizer.step()
+    return param.detach()
+
+
+@pytest.mark.parametrize("index", [None, (slice(0, 4), slice(0, 5)), (torch.tensor([1, 3, 6]), slice(2, 7))])
+def test_slice_adam_on_a_slice_is_torch_adam_on_that_slice(index):
+    """Moments live on the supernet's slices: a slice moves as Adam would move it alone; the rest stays."""
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(8, 7, dtype=torch.float64))
+    before = param.detach().clone()
+    part = before if index is None else before[index]
+    grads = [torch.randn_like(part) for _ in range(3)]
+    optimizer = SliceAdam([param], lr=0.01, eps=1e-12)
+    for grad in grads:
+        optimizer.apply([(param, index, grad)])
+    after = param.detach()
+    torch.testing.assert_close(after if index is None else after[index], adam_reference(part, grads))
+    if index is not None:
+        outside = torch.ones_like(before, dtype=torch.bool)
+        outside[index] = False
+        assert torch.equal(after[outside], before[outside])
+
+
+def test_slice_adam_updates_embedding_rows_lazily_as_sparse_adam():
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(20, 4, sparse=True).double()
+    before = table.weight.detach().clone()
+    optimizer = SliceAdam(table.parameters(), lr=0.01, eps=1e-12)
+    grads = []
+    for _ in range(3):
+        rows = torch.randint(0, 12, (30,))  # rows 12.. are never seen: they must not move
+        (table(rows) * torch.randn(30, 4, dtype=torch.float64)).sum().backward()
+        grads.append(table.weight.grad.clone())
+        optimizer.apply([(table.weight, None, table.weight.grad)])
+        table.weight.grad = None
+    torch.testing.assert_close(table.weight.detach(), adam_reference(before, grads, sparse=True))
+    assert torch.equal(table.weight[12:], before[12:])
 
 
 def test_clip_matches_torch_for_dense_gradients():

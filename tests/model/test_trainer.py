@@ -55,14 +55,25 @@ def config(**changes) -> TrainConfig:
     return TrainConfig(**{"steps": 12, "lr": 0.02, "full_path_warmup_steps": 4, "progress": False, **changes})
 
 
-def test_resume_from_a_checkpoint_reaches_the_same_weights(tmp_path: Path) -> None:
-    whole = Trainer(supernet(), config(), CPU)
+def as_format_1(path: Path) -> None:
+    """Rewrite a checkpoint as written before optimisers were selectable: bare Adagrad sums."""
+    state = torch.load(path, weights_only=False)
+    state["adagrad_sums"] = [sums for (sums,) in state.pop("optimizer")["tensors"]]
+    del state["config"]["optimizer"]
+    torch.save({**state, "format_version": 1}, path)
+
+
+@pytest.mark.parametrize("optimizer,old_format", [("adagrad", False), ("adam", False), ("adagrad", True)])
+def test_resume_from_a_checkpoint_reaches_the_same_weights(tmp_path: Path, optimizer: str, old_format: bool) -> None:
+    whole = Trainer(supernet(), config(optimizer=optimizer), CPU)
     whole.fit(stream())
-    first = Trainer(supernet(), config(steps=12, checkpoint_every=5), CPU, tmp_path)
+    first = Trainer(supernet(), config(checkpoint_every=5, optimizer=optimizer), CPU, tmp_path)
     with pytest.raises(ValueError, match="ended after 7"):  # interrupted at step 7: the checkpoint of step 5 remains
         first.fit(itertools.islice(stream(), 7))
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 5
-    resumed = Trainer(supernet(), config(steps=12, checkpoint_every=5), CPU, tmp_path)
+    if old_format:
+        as_format_1(tmp_path / "checkpoint.pt")
+    resumed = Trainer(supernet(), config(checkpoint_every=5, optimizer=optimizer), CPU, tmp_path)
     assert resumed.resume() and resumed.step == 5
     resumed.fit(stream())
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
@@ -78,6 +89,13 @@ def test_resume_rejects_a_checkpoint_of_another_run(tmp_path: Path) -> None:
     Trainer(supernet(), config(steps=3), CPU, tmp_path).fit(stream())
     with pytest.raises(ValueError, match="steps=3"):
         Trainer(supernet(), config(steps=5), CPU, tmp_path).resume()
+    with pytest.raises(ValueError, match="optimizer state of 'adagrad' cannot resume 'adam'"):
+        Trainer(supernet(), config(steps=3, optimizer="adam"), CPU, tmp_path).resume()
+
+
+def test_unknown_optimizer_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"optimizer: unknown 'sgd'; known: \['adagrad', 'adam'\]"):
+        config(optimizer="sgd")
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
@@ -111,6 +129,22 @@ def test_early_stopping_keeps_the_best_validation_weights() -> None:
     assert result.best == result.validation_curve[best]
     for name, value in net.state_dict().items():
         assert torch.equal(value, seen[best][name]), name
+
+
+def test_patience_stops_training_and_a_stopped_run_stays_stopped(tmp_path: Path) -> None:
+    aucs = iter([0.6, 0.7, 0.65, 0.69, 0.5, 0.9])  # best at the 2nd validation, then 2 without a better AUC
+
+    def validate(model):
+        return {"auc": next(aucs), "log_loss": 0.5}
+
+    net = NASRecNet(ArchitectureSampler(get_space("demo"), 0).sample(), SCHEMA)
+    run = config(steps=24, eval_every=4, patience=2)
+    result = Trainer(net, run, CPU, tmp_path, validate=validate).fit(stream())
+    assert result.steps == 16 and [p["step"] for p in result.validation_curve] == [4, 8, 12, 16]
+    assert result.best["step"] == 8
+    again = Trainer(NASRecNet(net.arch, SCHEMA), run, CPU, tmp_path, validate=validate)
+    assert again.resume() and again.fit(stream()).steps == 16  # nothing more trained, no validation drawn
+    assert next(aucs) == 0.5
 
 
 def test_evaluate_matches_scikit_learn() -> None:

@@ -75,6 +75,9 @@ def test_a_seeded_search_is_reproducible_and_resumes(ingested: Path, supernet_di
     other = replace(TINY_SEARCH, search=replace(TINY_SEARCH.search, seed=2))
     with pytest.raises(ValueError, match="other inputs or options"):
         steps.search(checkpoint, ingested, tmp_path / "c", other, CPU)
+    more = steps.search(checkpoint, ingested, tmp_path / "c", replace(TINY_SEARCH, top_k=5), CPU)  # reads only
+    assert len(json.loads((tmp_path / "c" / "top_k.json").read_text())) == 5
+    assert _without_timing(_history(tmp_path / "c")) == _without_timing(history) and more["evaluations"] == 12
 
 
 def test_parallel_workers_evaluate_the_same_search(ingested: Path, supernet_dir: Path, tmp_path: Path) -> None:
