@@ -75,11 +75,12 @@ def parse_args() -> argparse.Namespace:
 def grid_point(text: str) -> tuple[str, float]:
     optimizer, _, lr = text.partition(":")
     try:
-        if optimizer in OPTIMIZERS:
-            return optimizer, float(lr)
+        value = float(lr)
     except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(f"{text!r}: expected OPTIMIZER:LR with OPTIMIZER in {sorted(OPTIMIZERS)}")
+        value = 0.0
+    if optimizer not in OPTIMIZERS or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected OPTIMIZER:LR, LR > 0, OPTIMIZER in {sorted(OPTIMIZERS)}")
+    return optimizer, value
 
 
 def dataset(args: argparse.Namespace) -> tuple[DatasetSchema, Path, Path]:

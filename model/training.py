@@ -80,7 +80,9 @@ class SliceAdam:
 
     name = "adam"
 
-    def __init__(self, params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps=1e-8):
+    def __init__(
+        self, params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ):
         self.lr = lr
         self.betas = betas
         self.eps = eps
@@ -131,10 +133,9 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {"adagrad": SliceAdagrad, "adam": Slice
 
 def build_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> Optimizer:
     """An optimiser by name; unknown names fail with the known ones."""
-    try:
-        return OPTIMIZERS[name](params, lr=lr)
-    except KeyError:
-        raise ValueError(f"unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}") from None
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[name](params, lr=lr)
 
 
 def _is_view(index: Index) -> bool:
