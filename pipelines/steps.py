@@ -151,6 +151,11 @@ def fixed_batches(data: IngestedData, run: SearchRun, seed: int) -> tuple[list[B
     return finetune, evaluation
 
 
+def _search_identity(options: dict[str, Any]) -> dict[str, Any]:
+    """What decides a search's history: any number of workers makes the same search; top-k only reads it."""
+    return {k: v for k, v in options.items() if k not in ("workers", "top_k")}
+
+
 def search(supernet_path: Path, data_dir: Path, out: Path, run: SearchRun, device: torch.device) -> dict[str, Any]:
     """Regularised evolution; writes history.jsonl, top_k.json, two plots and summary.json into `out`."""
     out.mkdir(parents=True, exist_ok=True)
@@ -160,10 +165,10 @@ def search(supernet_path: Path, data_dir: Path, out: Path, run: SearchRun, devic
         raise ValueError(f"{supernet_path}: holds a {type(supernet).__name__}, not a supernet")
     if supernet.schema != data.input_schema:
         raise ValueError(f"{supernet_path}: trained on other features than {data_dir} provides")
-    identity = {"supernet": str(Path(supernet_path).resolve()), "data": str(Path(data_dir).resolve()), **asdict(run)}
-    for output_only in ("workers", "top_k"):  # any number of workers makes the same search; top-k only reads it
-        identity.pop(output_only)
-    if (out / "search.json").exists() and json.loads((out / "search.json").read_text()) != identity:
+    identity = _search_identity(
+        {"supernet": str(Path(supernet_path).resolve()), "data": str(Path(data_dir).resolve()), **asdict(run)}
+    )
+    if (out / "search.json").exists() and _search_identity(json.loads((out / "search.json").read_text())) != identity:
         raise ValueError(f"{out}: holds a search with other inputs or options (search.json); use another --out")
     write_json(out / "search.json", identity)
     finetune, evaluation = fixed_batches(data, run, run.search.seed)
