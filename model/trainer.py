@@ -153,11 +153,12 @@ class Trainer:
             if self.step % self.config.log_every == 0 or self.step == self.config.steps:
                 self.loss_curve.append((self.step, sum(window) / len(window)))
                 window = []
-            if self._due(self.config.eval_every) and self.validate is not None:
+            validated = self._due(self.config.eval_every) and self.validate is not None
+            if validated:
                 self._validate()
             if self._due(self.config.checkpoint_every):
                 self.save_checkpoint()
-            if self.stopped_early:
+            if validated and self.stopped_early:  # only a validation can end the patience
                 break
         if progress is not None:
             progress.close()
