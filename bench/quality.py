@@ -37,7 +37,7 @@ from pipelines import steps
 from pipelines.data import IngestedData
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-DEFAULT_GRID = ("adagrad:0.03", "adagrad:0.1", "adam:0.001", "adam:0.003")
+DEFAULT_GRID = ("adagrad:0.03", "adagrad:0.1", "adam:0.001", "adam:0.003", "adam:0.01")
 BUILTIN = {"criteo": SHARED / "criteo_kaggle_10k" / "train.txt", "avazu": SHARED / "avazu_10k" / "train.csv"}
 
 
