@@ -37,6 +37,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.12, help="supernet and from-scratch peak lr (default: 0.12)")
     parser.add_argument("--finetune-steps", type=int, default=500, help="head fine-tuning steps (default: 500)")
     parser.add_argument("--eval-batches", type=int, default=16, help="validation batches for scores (default: 16)")
+    parser.add_argument(
+        "--finetune-split",
+        choices=steps.FINETUNE_SPLITS,
+        default="train",
+        help="rows the head is fine-tuned on (default: train; validation: 16 batches after the scored ones)",
+    )
     parser.add_argument("--device", help="default: cuda when available")
     parser.add_argument("--out", type=Path, help="work folder (default: a temporary one)")
     add_json_argument(parser)
@@ -56,6 +62,7 @@ def main() -> None:
         search=SearchConfig(fitness=FitnessConfig(finetune_steps=args.finetune_steps)),
         eval_batches=args.eval_batches,
         batch_size=args.batch_size,
+        finetune_split=args.finetune_split,
     )
     train = steps.FinetuneRun(epochs=args.train_epochs, batch_size=args.batch_size, lr=args.lr, progress=False)
     run = steps.RankCorrRun(architectures=args.architectures, search=search, train=train)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 OPTIMIZER_NAMES = ("adagrad", "adam")  # model.training.OPTIMIZERS, named here so --help needs no torch import
+FINETUNE_SPLITS = ("train", "validation")  # pipelines.steps.FINETUNE_SPLITS, likewise
 
 
 def _schema(args: argparse.Namespace):
@@ -149,6 +150,7 @@ def _search_run(args: argparse.Namespace):
         batch_size=args.batch_size,
         top_k=getattr(args, "top_k", 15),
         workers=getattr(args, "workers", 1),
+        finetune_split=args.finetune_split,
     )
 
 
@@ -385,7 +387,14 @@ def _search_options(parser: argparse.ArgumentParser, evolution: bool = True) -> 
         "--finetune-batches",
         type=int,
         default=16,
-        help="distinct training batches the head cycles through (default: 16)",
+        help="distinct batches the head cycles through (default: 16)",
+    )
+    parser.add_argument(
+        "--finetune-split",
+        choices=FINETUNE_SPLITS,
+        default="train",
+        help="rows the head is fine-tuned on (default: train); validation uses the batches after the scored "
+        "ones, for a supernet trained over many epochs, whose training rows are memorised",
     )
     parser.add_argument(
         "--eval-batches", type=int, default=8, help="fixed validation batches every candidate is scored on (default: 8)"

@@ -132,28 +132,50 @@ def _subnet_losses(supernet: Supernet, data: IngestedData, run: SupernetRun, dev
 # ---- search -------------------------------------------------------------------------------------------
 
 
+FINETUNE_SPLITS = ("train", "validation")
+
+
 @dataclass(frozen=True)
 class SearchRun:
     search: SearchConfig = field(default_factory=SearchConfig)
-    finetune_batches: int = 16  # distinct training batches the head fine-tuning cycles through
+    finetune_batches: int = 16  # distinct batches the head fine-tuning cycles through
     eval_batches: int = 8  # fixed validation batches every candidate is scored on
     batch_size: int = 512
     top_k: int = 15
     workers: int = 1
+    # "validation": fine-tune on the validation batches after the scored ones. A supernet trained for
+    # many epochs has memorised its training rows, and a head fitted to their features over-trusts them.
+    finetune_split: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.finetune_split not in FINETUNE_SPLITS:
+            raise ValueError(f"finetune_split: {self.finetune_split!r} is not one of {', '.join(FINETUNE_SPLITS)}")
 
 
 def fixed_batches(data: IngestedData, run: SearchRun, seed: int) -> tuple[list[Batch], list[Batch]]:
-    """The same fine-tuning batches (seeded shuffle of train) and evaluation batches (validation) for all."""
-    stream = data.train_stream(run.batch_size, seed)
-    finetune = [next(stream) for _ in range(run.finetune_batches)]
+    """The same fine-tuning batches (a seeded shuffle of train, or validation batches after the scored
+    ones) and evaluation batches (the first validation batches) for every candidate."""
     validation = data.batches("validation", run.batch_size)
     evaluation = [b for _, b in zip(range(run.eval_batches), validation)]
-    return finetune, evaluation
+    if run.finetune_split == "validation":
+        finetune = [b for _, b in zip(range(run.finetune_batches), validation)]
+        if not finetune:
+            raise ValueError(
+                f"fine-tuning on validation: no validation rows are left after the {run.eval_batches} scored "
+                f"batches of {run.batch_size}; lower --eval-batches or fine-tune on train"
+            )
+        return finetune, evaluation
+    stream = data.train_stream(run.batch_size, seed)
+    return [next(stream) for _ in range(run.finetune_batches)], evaluation
 
 
 def _search_identity(options: dict[str, Any]) -> dict[str, Any]:
-    """What decides a search's history: any number of workers makes the same search; top-k only reads it."""
-    return {k: v for k, v in options.items() if k not in ("workers", "top_k")}
+    """What decides a search's history: any number of workers makes the same search; top-k only reads it.
+    Fine-tuning on train (the default) is left out, so searches recorded before the option still resume."""
+    identity = {k: v for k, v in options.items() if k not in ("workers", "top_k")}
+    if identity.get("finetune_split") == "train":
+        del identity["finetune_split"]
+    return identity
 
 
 def search(supernet_path: Path, data_dir: Path, out: Path, run: SearchRun, device: torch.device) -> dict[str, Any]:

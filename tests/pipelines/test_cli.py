@@ -46,11 +46,13 @@ def test_every_option_of_the_model_steps_is_explained(command):
         assert option.help and len(option.help) > 10, f"{command} {option.option_strings}: no help"
 
 
-def test_optimizer_choices_are_the_known_optimizers():
+def test_cli_choices_are_the_library_names():
     from model.training import OPTIMIZERS
-    from pipelines.cli import OPTIMIZER_NAMES
+    from pipelines import steps
+    from pipelines.cli import FINETUNE_SPLITS, OPTIMIZER_NAMES
 
     assert sorted(OPTIMIZER_NAMES) == sorted(OPTIMIZERS)
+    assert FINETUNE_SPLITS == steps.FINETUNE_SPLITS
 
 
 def test_model_steps_through_the_cli(ingested, tmp_path, capsys):

@@ -14,6 +14,7 @@ from model.sampling import ArchitectureSampler
 from model.search import FitnessConfig, SearchConfig
 from model.trainer import load_checkpoint, load_model
 from pipelines import steps
+from pipelines.data import IngestedData
 
 CPU = torch.device("cpu")
 TINY_SEARCH = steps.SearchRun(
@@ -81,6 +82,32 @@ def test_a_seeded_search_is_reproducible_and_resumes(ingested: Path, supernet_di
     recorded = json.loads((tmp_path / "c" / "search.json").read_text())  # as written before top_k was output-only
     (tmp_path / "c" / "search.json").write_text(json.dumps({**recorded, "top_k": 3, "workers": 1}))
     assert steps.search(checkpoint, ingested, tmp_path / "c", TINY_SEARCH, CPU)["evaluations"] == 12
+
+
+def test_head_finetuning_on_validation_uses_the_batches_after_the_scored_ones(ingested: Path) -> None:
+    data = IngestedData(ingested)
+    run = replace(TINY_SEARCH, finetune_split="validation")
+    finetune, evaluation = steps.fixed_batches(data, run, seed=0)
+    validation = list(data.batches("validation", run.batch_size))
+    assert (len(evaluation), len(finetune)) == (2, 3)
+    for got, want in zip(evaluation + finetune, validation):
+        assert torch.equal(got.sparse, want.sparse) and torch.equal(got.label, want.label)
+    with pytest.raises(ValueError, match="no validation rows are left after the 8 scored batches"):
+        steps.fixed_batches(data, replace(run, eval_batches=len(validation)), seed=0)
+    with pytest.raises(ValueError, match="finetune_split: 'test' is not one of train, validation"):
+        replace(run, finetune_split="test")
+
+
+def test_a_search_fine_tuning_on_validation_is_its_own_search(
+    ingested: Path, supernet_dir: Path, tmp_path: Path
+) -> None:
+    checkpoint = supernet_dir / "checkpoint.pt"
+    run = replace(TINY_SEARCH, finetune_split="validation")
+    steps.search(checkpoint, ingested, tmp_path / "v", run, CPU)
+    assert json.loads((tmp_path / "v" / "search.json").read_text())["finetune_split"] == "validation"
+    assert len(_history(tmp_path / "v")) == 12
+    with pytest.raises(ValueError, match="other inputs or options"):
+        steps.search(checkpoint, ingested, tmp_path / "v", TINY_SEARCH, CPU)
 
 
 def test_parallel_workers_evaluate_the_same_search(ingested: Path, supernet_dir: Path, tmp_path: Path) -> None:
