@@ -67,7 +67,7 @@ class SliceAdagrad:
         return {"name": self.name, "tensors": [[s] for s in self.state_sums.values()]}
 
     def load_state_dict(self, state: dict) -> None:
-        _load_tensors(self, state, self.state_sums.values())
+        _load_tensors(self, state, [(s,) for s in self.state_sums.values()])
 
 
 class SliceAdam:
@@ -142,11 +142,11 @@ def _is_view(index: Index) -> bool:
     return all(isinstance(i, slice) for i in index)
 
 
-def _load_tensors(optimizer: Optimizer, state: dict, own: Iterable) -> None:
+def _load_tensors(optimizer: Optimizer, state: dict, own: Iterable[tuple[Tensor, ...]]) -> None:
     if state.get("name") != optimizer.name:
         raise ValueError(f"optimizer state of {state.get('name')!r} cannot resume {optimizer.name!r}")
     for mine, saved in zip(own, state["tensors"], strict=True):
-        for tensor, value in zip(mine if isinstance(mine, tuple) else (mine,), saved, strict=True):
+        for tensor, value in zip(mine, saved, strict=True):
             tensor.copy_(value)
 
 

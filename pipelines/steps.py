@@ -170,12 +170,8 @@ def fixed_batches(data: IngestedData, run: SearchRun, seed: int) -> tuple[list[B
 
 
 def _search_identity(options: dict[str, Any]) -> dict[str, Any]:
-    """What decides a search's history: any number of workers makes the same search; top-k only reads it.
-    Fine-tuning on train (the default) is left out, so searches recorded before the option still resume."""
-    identity = {k: v for k, v in options.items() if k not in ("workers", "top_k")}
-    if identity.get("finetune_split") == "train":
-        del identity["finetune_split"]
-    return identity
+    """What decides a search's history: any number of workers makes the same search; top-k only reads it."""
+    return {k: v for k, v in options.items() if k not in ("workers", "top_k")}
 
 
 def search(supernet_path: Path, data_dir: Path, out: Path, run: SearchRun, device: torch.device) -> dict[str, Any]:
@@ -190,8 +186,11 @@ def search(supernet_path: Path, data_dir: Path, out: Path, run: SearchRun, devic
     identity = _search_identity(
         {"supernet": str(Path(supernet_path).resolve()), "data": str(Path(data_dir).resolve()), **asdict(run)}
     )
-    if (out / "search.json").exists() and _search_identity(json.loads((out / "search.json").read_text())) != identity:
-        raise ValueError(f"{out}: holds a search with other inputs or options (search.json); use another --out")
+    if (out / "search.json").exists():
+        # options added since a search was recorded take their defaults, so older searches still resume
+        recorded = _search_identity({**asdict(SearchRun()), **json.loads((out / "search.json").read_text())})
+        if recorded != identity:
+            raise ValueError(f"{out}: holds a search with other inputs or options (search.json); use another --out")
     write_json(out / "search.json", identity)
     finetune, evaluation = fixed_batches(data, run, run.search.seed)
     history = SearchHistory(out / "history.jsonl")
