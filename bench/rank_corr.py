@@ -38,13 +38,18 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=500, help="head fine-tuning steps (default: 500)")
     parser.add_argument("--eval-batches", type=int, default=16, help="validation batches for scores (default: 16)")
     parser.add_argument(
+        "--finetune-batches", type=int, default=16, help="batches the head cycles through (default: 16)"
+    )
+    parser.add_argument(
         "--finetune-split",
         choices=steps.FINETUNE_SPLITS,
         default="train",
-        help="rows the head is fine-tuned on (default: train; validation: 16 batches after the scored ones)",
+        help="rows the head is fine-tuned on (default: train; validation: the batches after the scored ones)",
     )
     parser.add_argument("--device", help="default: cuda when available")
-    parser.add_argument("--out", type=Path, help="work folder (default: a temporary one)")
+    parser.add_argument(
+        "--out", type=Path, help="work folder (default: a temporary one); a rerun into it resumes or extends the study"
+    )
     add_json_argument(parser)
     args = parser.parse_args()
     device = torch.device(args.device) if args.device else default_device()
@@ -61,6 +66,7 @@ def main() -> None:
     search = steps.SearchRun(
         search=SearchConfig(fitness=FitnessConfig(finetune_steps=args.finetune_steps)),
         eval_batches=args.eval_batches,
+        finetune_batches=args.finetune_batches,
         batch_size=args.batch_size,
         finetune_split=args.finetune_split,
     )

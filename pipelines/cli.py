@@ -320,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     rank = sub.add_parser(
         "rank-corr",
         help="rank correlation of supernet scores (without and with head fine-tuning) with training from scratch",
+        description="Rank correlation of supernet scores (without and with head fine-tuning) with training from"
+        " scratch. Architectures trained from scratch are kept in OUT/standalone.jsonl: a rerun into the same"
+        " --out resumes a killed study, and one with more --architectures (same --seed) extends it.",
     )
     _data_options(rank)
     rank.add_argument("--supernet", type=Path, required=True, help="supernet checkpoint")

@@ -367,16 +367,22 @@ def rank_corr(supernet_path: Path, data_dir: Path, out: Path, run: RankCorrRun, 
     finetune_batches, eval_batches = fixed_batches(data, run.search, run.seed)
     fitness = HeadFinetuneFitness(supernet, finetune_batches, eval_batches, run.search.search.fitness, device)
     archs = _distinct_architectures(supernet, run)
+    trained, key = _standalone_results(out / "standalone.jsonl", data_dir, run)
     rows = []
     for i, arch in enumerate(archs):
         scores = fitness(arch)
-        torch.manual_seed(run.seed)
-        net = NASRecNet(arch, data.input_schema)
-        trained = train_network(net, describe(net), data, replace(run.train, progress=False), device, None)
-        rows.append({**scores, "standalone": trained.best})
+        earlier = arch in trained.records
+        if not earlier:
+            torch.manual_seed(run.seed)
+            net = NASRecNet(arch, data.input_schema)
+            result = train_network(net, describe(net), data, replace(run.train, progress=False), device, None)
+            trained.append(arch, {**key, "architecture": arch.to_dict(), "standalone": result.best})
+        standalone = trained.records[arch]["standalone"]
+        rows.append({**scores, "standalone": standalone})
         print(
             f"architecture {i + 1}/{len(archs)}: supernet {scores['supernet_logloss']:.4f}, "
-            f"fine-tuned head {scores['val_logloss']:.4f}, standalone {trained.best['log_loss']:.4f}",
+            f"fine-tuned head {scores['val_logloss']:.4f}, standalone {standalone['log_loss']:.4f}"
+            + (" (trained earlier)" if earlier else ""),
             flush=True,
         )
         write_json(out / "rank_corr_rows.json", rows)
@@ -389,6 +395,24 @@ def rank_corr(supernet_path: Path, data_dir: Path, out: Path, run: RankCorrRun, 
     }
     write_json(out / "rank_corr.json", result)
     return result
+
+
+def _standalone_results(path: Path, data_dir: Path, run: RankCorrRun) -> tuple[SearchHistory, dict[str, Any]]:
+    """The architectures already trained from scratch into this folder, and the settings they must share.
+
+    Training from scratch is the study's costly part: a rerun into the same folder reuses it, so a
+    killed study resumes and a larger one (more architectures, the same seed) extends a smaller one.
+    """
+    key = {"data": str(data_dir.resolve()), "train": asdict(replace(run.train, progress=False)), "init_seed": run.seed}
+    results = SearchHistory(path)
+    for record in results.records.values():
+        earlier = {k: record.get(k) for k in key}
+        if earlier != key:
+            raise ValueError(
+                f"{path} holds architectures trained with other settings or data ({earlier}, now {key}); "
+                "choose another --out, or delete the file to train them again"
+            )
+    return results, key
 
 
 def _correlations(scores: list[float], truth: list[float]) -> dict[str, float]:

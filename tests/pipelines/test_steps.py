@@ -175,3 +175,27 @@ def test_rank_correlation_study(ingested: Path, supernet_dir: Path, tmp_path: Pa
         assert -1.0 <= result[key]["spearman_rho"] <= 1.0
     rows = json.loads((tmp_path / "rank_corr_rows.json").read_text())
     assert len({json.dumps(r["architecture"]) for r in rows}) == 4
+
+
+def test_a_rank_correlation_study_reuses_architectures_trained_earlier(
+    ingested: Path, supernet_dir: Path, tmp_path: Path
+) -> None:
+    run = steps.RankCorrRun(
+        architectures=3, search=TINY_SEARCH, train=steps.FinetuneRun(steps=10, batch_size=256, progress=False)
+    )
+    checkpoint = supernet_dir / "checkpoint.pt"
+    steps.rank_corr(checkpoint, ingested, tmp_path, run, CPU)
+    trained = tmp_path / "standalone.jsonl"
+    records = [json.loads(line) for line in trained.read_text().splitlines()]
+    records[0]["standalone"]["log_loss"] = 123.0  # a marker: only a reused result carries it
+    trained.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    steps.rank_corr(checkpoint, ingested, tmp_path, replace(run, architectures=4), CPU)  # extends the study
+    rows = json.loads((tmp_path / "rank_corr_rows.json").read_text())
+    assert [r["architecture"] for r in rows[:3]] == [r["architecture"] for r in records]
+    assert rows[0]["standalone"]["log_loss"] == 123.0
+    assert len(trained.read_text().splitlines()) == 4
+
+    other = replace(run, train=replace(run.train, lr=0.05))
+    with pytest.raises(ValueError, match=r"standalone\.jsonl holds architectures trained with other settings"):
+        steps.rank_corr(checkpoint, ingested, tmp_path, other, CPU)
