@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,16 @@ class IngestedData:
         if split not in SPLITS:
             raise ValueError(f"split: one of {SPLITS}, got {split!r}")
         return SplitLoader(self.folder / f"{split}.parquet", self.transform, batch_size, shuffle=shuffle, seed=seed)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the transform and every split: the same data wherever the folder lives, and other
+        data (re-ingested, or rewritten with other settings) in the same folder is told apart."""
+        digest = hashlib.sha256()
+        for name in ("transform.json", *(f"{split}.parquet" for split in SPLITS)):
+            with (self.folder / name).open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+        return digest.hexdigest()
 
     def rows(self, split: str) -> int:
         return self.loader(split, 1).rows

@@ -367,7 +367,7 @@ def rank_corr(supernet_path: Path, data_dir: Path, out: Path, run: RankCorrRun, 
     finetune_batches, eval_batches = fixed_batches(data, run.search, run.seed)
     fitness = HeadFinetuneFitness(supernet, finetune_batches, eval_batches, run.search.search.fitness, device)
     archs = _distinct_architectures(supernet, run)
-    trained, key = _standalone_results(out / "standalone.jsonl", data_dir, run)
+    trained, key = _standalone_results(out / "standalone.jsonl", data, run)
     rows = []
     for i, arch in enumerate(archs):
         scores = fitness(arch)
@@ -397,13 +397,13 @@ def rank_corr(supernet_path: Path, data_dir: Path, out: Path, run: RankCorrRun, 
     return result
 
 
-def _standalone_results(path: Path, data_dir: Path, run: RankCorrRun) -> tuple[SearchHistory, dict[str, Any]]:
+def _standalone_results(path: Path, data: IngestedData, run: RankCorrRun) -> tuple[SearchHistory, dict[str, Any]]:
     """The architectures already trained from scratch into this folder, and the settings they must share.
 
     Training from scratch is the study's costly part: a rerun into the same folder reuses it, so a
     killed study resumes and a larger one (more architectures, the same seed) extends a smaller one.
     """
-    key = {"data": str(data_dir.resolve()), "train": asdict(replace(run.train, progress=False)), "init_seed": run.seed}
+    key = {"data": data.fingerprint(), "train": asdict(replace(run.train, progress=False)), "init_seed": run.seed}
     results = SearchHistory(path)
     for record in results.records.values():
         earlier = {k: record.get(k) for k in key}

@@ -4,6 +4,7 @@ fine-tuning and the rank-correlation study."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -199,3 +200,10 @@ def test_a_rank_correlation_study_reuses_architectures_trained_earlier(
     other = replace(run, train=replace(run.train, lr=0.05))
     with pytest.raises(ValueError, match=r"standalone\.jsonl holds architectures trained with other settings"):
         steps.rank_corr(checkpoint, ingested, tmp_path, other, CPU)
+
+
+def test_the_data_fingerprint_follows_content_not_the_folder(ingested: Path, tmp_path: Path) -> None:
+    moved = shutil.copytree(ingested, tmp_path / "moved")
+    assert IngestedData(moved).fingerprint() == IngestedData(ingested).fingerprint()
+    (moved / "transform.json").write_text((moved / "transform.json").read_text() + "\n")
+    assert IngestedData(moved).fingerprint() != IngestedData(ingested).fingerprint()
