@@ -23,6 +23,13 @@ class BaselineConfig:
     cross_layers: int = 3
 
 
+# Models with a first-order term start their embeddings near zero (FuxiCTR's default): pairwise terms begin
+# silent instead of adding noise from Xavier-sized vectors of small vocabularies, which on 8k training rows
+# cost FM 0.06 AUC on Criteo. DCNv2 and DLRM keep Xavier: DLRM reads embeddings only through dot products,
+# which near-zero vectors leave without gradient.
+NEAR_ZERO_STD = 1e-4
+
+
 class MLP(nn.Sequential):
     def __init__(self, in_features: int, hidden: tuple[int, ...], dropout: float, out_features: int | None = 1):
         layers: list[nn.Module] = []
@@ -39,7 +46,7 @@ class LogisticRegression(nn.Module):
 
     def __init__(self, schema: InputSchema, config: BaselineConfig = BaselineConfig()):
         super().__init__()
-        self.weights = FieldEmbedding(schema, 1)
+        self.weights = FieldEmbedding(schema, 1, NEAR_ZERO_STD)
         self.dense = init_linear(nn.Linear(schema.num_dense, 1))
 
     def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
@@ -52,7 +59,7 @@ class FM(nn.Module):
     def __init__(self, schema: InputSchema, config: BaselineConfig = BaselineConfig()):
         super().__init__()
         self.linear = LogisticRegression(schema)
-        self.vectors = FieldEmbedding(schema, config.embedding_dim)
+        self.vectors = FieldEmbedding(schema, config.embedding_dim, NEAR_ZERO_STD)
         self.dense_vector = init_linear(nn.Linear(schema.num_dense, config.embedding_dim))
 
     def fields(self, dense: Tensor, sparse: Tensor) -> Tensor:

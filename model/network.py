@@ -164,13 +164,19 @@ def _total(tensors) -> Tensor:
 
 
 class FieldEmbedding(nn.Module):
-    """One table for all categorical features, each in its own rows; sparse gradients. (B, n) -> (B, n, dim)."""
+    """One table for all categorical features, each in its own rows; sparse gradients. (B, n) -> (B, n, dim).
 
-    def __init__(self, schema: InputSchema, dim: int):
+    Initialised Xavier-normal per feature table (NASREC.md section 5), or normal with `init_std` when given.
+    """
+
+    def __init__(self, schema: InputSchema, dim: int, init_std: float | None = None):
         super().__init__()
         self.table = nn.Embedding(sum(schema.cardinalities), dim, sparse=True)
         self.register_buffer("offsets", torch.tensor([0, *schema.cardinalities[:-1]]).cumsum(0), persistent=False)
         if self.table.weight.is_meta:  # a shape-only skeleton (see Supernet): nothing to initialise
+            return
+        if init_std is not None:
+            nn.init.normal_(self.table.weight, std=init_std)
             return
         start = 0
         with torch.no_grad():

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from features.synthetic import TeacherCTR
-from model.baselines import BASELINES, BaselineConfig, build_baseline
-from model.network import InputSchema
+from model.baselines import BASELINES, NEAR_ZERO_STD, BaselineConfig, build_baseline
+from model.network import FieldEmbedding, InputSchema
 from model.training import Batch, SliceAdagrad, network_step
 
 SCHEMA = InputSchema(num_dense=4, cardinalities=(30, 12, 50, 7))
@@ -54,3 +54,17 @@ def test_unknown_baseline_fails_with_the_known_names():
         ValueError, match=r"unknown baseline 'xgboost'; known: \['dcnv2', 'deepfm', 'dlrm', 'fm', 'lr'\]"
     ):
         build_baseline("xgboost", SCHEMA)
+
+
+def test_first_order_baselines_start_embeddings_near_zero_while_nasrecnet_keeps_xavier():
+    """Small-data FM-style baselines need silent pairwise terms at the start; NASRecNet follows the paper."""
+    schema = InputSchema(num_dense=1, cardinalities=(3, 4000))
+    torch.manual_seed(0)
+    for name in ("lr", "fm", "deepfm"):
+        for module in build_baseline(name, schema, SMALL).modules():
+            if isinstance(module, FieldEmbedding):
+                assert float(module.table.weight.std()) == pytest.approx(NEAR_ZERO_STD, rel=0.1), name
+    paper = FieldEmbedding(schema, 16).table.weight
+    # Xavier-normal per feature table: std sqrt(2 / (rows + 16)), so the 3-row table is far wider
+    assert float(paper[:3].std()) == pytest.approx((2 / 19) ** 0.5, rel=0.5)
+    assert float(paper[3:].std()) == pytest.approx((2 / 4016) ** 0.5, rel=0.05)
