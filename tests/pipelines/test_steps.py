@@ -46,6 +46,17 @@ def test_a_short_supernet_run_lowers_validation_log_loss(supernet_dir: Path) -> 
     assert metrics["training"]["samples_per_second"] > 0
 
 
+def test_a_supernet_run_too_short_to_rank_subnets_is_warned_about(
+    ingested: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = steps.SupernetRun(steps=4, batch_size=64, progress=False)
+    steps.train_supernet(ingested, tmp_path / "short", run, CPU)
+    assert "warning: 4 supernet steps" in capsys.readouterr().err
+    monkeypatch.setattr(steps, "MIN_SUPERNET_STEPS", 4)
+    steps.train_supernet(ingested, tmp_path / "enough", run, CPU)
+    assert "warning" not in capsys.readouterr().err
+
+
 def _history(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
 
