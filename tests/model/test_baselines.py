@@ -3,7 +3,7 @@ import torch
 
 from features.synthetic import TeacherCTR
 from model.baselines import BASELINES, NEAR_ZERO_STD, BaselineConfig, build_baseline
-from model.network import FieldEmbedding, InputSchema
+from model.network import FieldEmbedding, InputSchema, Stem
 from model.training import Batch, SliceAdagrad, network_step
 
 SCHEMA = InputSchema(num_dense=4, cardinalities=(30, 12, 50, 7))
@@ -64,7 +64,7 @@ def test_first_order_baselines_start_embeddings_near_zero_while_nasrecnet_keeps_
         for module in build_baseline(name, schema, SMALL).modules():
             if isinstance(module, FieldEmbedding):
                 assert float(module.table.weight.std()) == pytest.approx(NEAR_ZERO_STD, rel=0.1), name
-    paper = FieldEmbedding(schema, 16).table.weight
+    paper = Stem(schema).embedding.table.weight  # NASRecNet's embeddings
     # Xavier-normal per feature table: std sqrt(2 / (rows + 16)), so the 3-row table is far wider
     assert float(paper[:3].std()) == pytest.approx((2 / 19) ** 0.5, rel=0.5)
     assert float(paper[3:].std()) == pytest.approx((2 / 4016) ** 0.5, rel=0.05)
