@@ -195,11 +195,12 @@ def cmd_rank_corr(args: argparse.Namespace) -> None:
         architectures=args.architectures,
         search=_search_run(args),
         train=_finetune_run(args),
+        truth_runs=args.truth_runs,
         max_mflops=args.max_mflops,
         seed=args.seed,
     )
     result = rank_corr(args.supernet, args.data, args.out, run, _device(args))
-    print(json.dumps({k: result[k] for k in ("architectures", "without_finetuning", "with_finetuning")}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "run"}, indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -321,12 +322,19 @@ def build_parser() -> argparse.ArgumentParser:
         "rank-corr",
         help="rank correlation of supernet scores (without and with head fine-tuning) with training from scratch",
         description="Rank correlation of supernet scores (without and with head fine-tuning) with training from"
-        " scratch. Architectures trained from scratch are kept in OUT/standalone.jsonl: a rerun into the same"
-        " --out resumes a killed study, and one with more --architectures (same --seed) extends it.",
+        " scratch. Each from-scratch run k is kept in OUT/standalone_run{k}.jsonl: a rerun into the same --out"
+        " resumes a killed study, and one with more --architectures or --truth-runs (same --seed) extends it.",
     )
     _data_options(rank)
     rank.add_argument("--supernet", type=Path, required=True, help="supernet checkpoint")
     rank.add_argument("--architectures", type=int, default=20, help="architectures sampled (default: 20)")
+    rank.add_argument(
+        "--truth-runs",
+        type=int,
+        default=1,
+        help="from-scratch runs per architecture, seeded --seed + k; the truth is their mean validation log loss, "
+        "and with 2 or more the study also reports how well one run ranks another (default: 1)",
+    )
     _search_options(rank, evolution=False)
     _schedule_options(rank, batch_size=256, lr=0.1)
     _validation_options(rank)

@@ -367,65 +367,104 @@ class RankCorrRun:
     architectures: int = 20
     search: SearchRun = field(default_factory=SearchRun)
     train: FinetuneRun = field(default_factory=FinetuneRun)
+    truth_runs: int = 1  # from-scratch runs per architecture, run k seeded seed + k; the truth is their mean
     max_mflops: float | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.truth_runs < 1:
+            raise ValueError(f"truth_runs must be at least 1, got {self.truth_runs}")
 
 
 def rank_corr(supernet_path: Path, data_dir: Path, out: Path, run: RankCorrRun, device: torch.device) -> dict:
     """Kendall tau / Spearman rho between supernet scores (with and without head fine-tuning) and
-    the validation log loss of the same architectures trained from scratch."""
+    the validation log loss of the same architectures trained from scratch (the mean over truth runs).
+
+    Two references come with it: ranking by MFLOPs alone, which a useful score must beat, and, with
+    two or more truth runs, how well one from-scratch run ranks another: the ceiling any score can
+    reach against a single run's truth.
+    """
     out.mkdir(parents=True, exist_ok=True)
     data = IngestedData(data_dir)
     supernet = load_model(supernet_path, device)
     finetune_batches, eval_batches = fixed_batches(data, run.search, run.seed)
     fitness = HeadFinetuneFitness(supernet, finetune_batches, eval_batches, run.search.search.fitness, device)
     archs = _distinct_architectures(supernet, run)
-    trained, key = _standalone_results(out / "standalone.jsonl", data, run)
+    truths = [_TruthRun(out, data, run, k) for k in range(run.truth_runs)]
     rows = []
     for i, arch in enumerate(archs):
         scores = fitness(arch)
-        earlier = arch in trained.records
-        if not earlier:
-            torch.manual_seed(run.seed)
-            net = NASRecNet(arch, data.input_schema)
-            result = train_network(net, describe(net), data, replace(run.train, progress=False), device, None)
-            trained.append(arch, {**key, "architecture": arch.to_dict(), "standalone": result.best})
-        standalone = trained.records[arch]["standalone"]
-        rows.append({**scores, "standalone": standalone})
+        earlier = all(arch in truth.results.records for truth in truths)
+        standalone = [truth.best(arch, device) for truth in truths]
+        mean = sum(s["log_loss"] for s in standalone) / len(standalone)
+        rows.append({**scores, "standalone": standalone, "truth_log_loss": mean})
+        each = " ".join(f"{s['log_loss']:.4f}" for s in standalone)
         print(
             f"architecture {i + 1}/{len(archs)}: supernet {scores['supernet_logloss']:.4f}, "
-            f"fine-tuned head {scores['val_logloss']:.4f}, standalone {standalone['log_loss']:.4f}"
+            f"fine-tuned head {scores['val_logloss']:.4f}, standalone {mean:.4f}"
+            + (f" (mean of {each})" if len(standalone) > 1 else "")
             + (" (trained earlier)" if earlier else ""),
             flush=True,
         )
         write_json(out / "rank_corr_rows.json", rows)
-    truth = [r["standalone"]["log_loss"] for r in rows]
+    truth = [r["truth_log_loss"] for r in rows]
     result = {
         "architectures": len(rows),
+        "truth_runs": run.truth_runs,
         "without_finetuning": _correlations([r["supernet_logloss"] for r in rows], truth),
         "with_finetuning": _correlations([r["val_logloss"] for r in rows], truth),
+        # what ranking by cost alone (more MFLOPs, better) reaches: a score worth having beats it
+        "mflops_only": _correlations([-r["mflops"] for r in rows], truth),
+        "truth_repeatability": _repeatability(rows, run.truth_runs),
         "run": asdict(run),
     }
     write_json(out / "rank_corr.json", result)
     return result
 
 
-def _standalone_results(path: Path, data: IngestedData, run: RankCorrRun) -> tuple[SearchHistory, dict[str, Any]]:
-    """The architectures already trained from scratch into this folder, and the settings they must share.
+class _TruthRun:
+    """One from-scratch run of each architecture, kept in `OUT/standalone_run{k}.jsonl`.
 
     Training from scratch is the study's costly part: a rerun into the same folder reuses it, so a
-    killed study resumes and a larger one (more architectures, the same seed) extends a smaller one.
+    killed study resumes, a larger one (more architectures or truth runs, the same seed) extends a
+    smaller one, and another supernet is compared against the same truth at the cost of scoring alone.
     """
-    key = {"data": data.fingerprint(), "train": asdict(replace(run.train, progress=False)), "init_seed": run.seed}
-    results = SearchHistory(path)
-    for record in results.records.values():
-        earlier = {k: record.get(k) for k in key}
-        if earlier != key:
-            raise ValueError(
-                f"{path} holds architectures trained with other settings or data ({earlier}, now {key}); "
-                "choose another --out, or delete the file to train them again"
-            )
-    return results, key
+
+    def __init__(self, out: Path, data: IngestedData, run: RankCorrRun, k: int):
+        self.data = data
+        self.train = replace(run.train, progress=False, seed=run.train.seed + k)
+        self.init_seed = run.seed + k
+        self.key = {"data": data.fingerprint(), "train": asdict(self.train), "init_seed": self.init_seed}
+        path = out / f"standalone_run{k}.jsonl"
+        self.results = SearchHistory(path)
+        for record in self.results.records.values():
+            earlier = {name: record.get(name) for name in self.key}
+            if earlier != self.key:
+                raise ValueError(
+                    f"{path} holds architectures trained with other settings or data ({earlier}, now {self.key}); "
+                    "choose another --out, or delete the file to train them again"
+                )
+
+    def best(self, arch: Architecture, device: torch.device) -> dict[str, Any]:
+        """The architecture's best validation point, trained now unless this folder holds it."""
+        if arch not in self.results.records:
+            torch.manual_seed(self.init_seed)
+            net = NASRecNet(arch, self.data.input_schema)
+            result = train_network(net, describe(net), self.data, self.train, device, None)
+            self.results.append(arch, {**self.key, "architecture": arch.to_dict(), "standalone": result.best})
+        return self.results.records[arch]["standalone"]
+
+
+def _repeatability(rows: list[dict[str, Any]], truth_runs: int) -> dict[str, float] | None:
+    """Mean correlation between the rankings of two from-scratch runs, over every pair of runs."""
+    if truth_runs < 2:
+        return None
+    pairs = [
+        _correlations([r["standalone"][a]["log_loss"] for r in rows], [r["standalone"][b]["log_loss"] for r in rows])
+        for a in range(truth_runs)
+        for b in range(a + 1, truth_runs)
+    ]
+    return {name: sum(p[name] for p in pairs) / len(pairs) for name in pairs[0]}
 
 
 def _correlations(scores: list[float], truth: list[float]) -> dict[str, float]:

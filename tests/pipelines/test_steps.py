@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.metrics import kendall_tau
 from model.sampling import ArchitectureSampler
 from model.search import FitnessConfig, SearchConfig
 from model.trainer import load_checkpoint, load_model
@@ -187,6 +188,27 @@ def test_rank_correlation_study(ingested: Path, supernet_dir: Path, tmp_path: Pa
         assert -1.0 <= result[key]["spearman_rho"] <= 1.0
     rows = json.loads((tmp_path / "rank_corr_rows.json").read_text())
     assert len({json.dumps(r["architecture"]) for r in rows}) == 4
+    assert result["truth_repeatability"] is None  # one run per architecture has nothing to be compared with
+
+
+def test_a_rank_correlation_truth_is_the_mean_of_seeded_runs(
+    ingested: Path, supernet_dir: Path, tmp_path: Path
+) -> None:
+    train = steps.FinetuneRun(steps=10, batch_size=256, progress=False)
+    run = steps.RankCorrRun(architectures=4, search=TINY_SEARCH, train=train, truth_runs=2)
+    result = steps.rank_corr(supernet_dir / "checkpoint.pt", ingested, tmp_path, run, CPU)
+    rows = json.loads((tmp_path / "rank_corr_rows.json").read_text())
+    first = [r["standalone"][0]["log_loss"] for r in rows]
+    second = [r["standalone"][1]["log_loss"] for r in rows]
+    assert first != second  # run 1 has its own initialisation and data order
+    assert [r["truth_log_loss"] for r in rows] == pytest.approx([(a + b) / 2 for a, b in zip(first, second)])
+    assert result["truth_repeatability"]["kendall_tau"] == pytest.approx(kendall_tau(first, second))
+    mean = [r["truth_log_loss"] for r in rows]
+    assert result["mflops_only"]["kendall_tau"] == pytest.approx(kendall_tau([-r["mflops"] for r in rows], mean))
+    runs = [json.loads(line) for line in (tmp_path / "standalone_run1.jsonl").read_text().splitlines()]
+    assert {(r["init_seed"], r["train"]["seed"]) for r in runs} == {(1, 1)}
+    with pytest.raises(ValueError, match="truth_runs must be at least 1"):
+        steps.RankCorrRun(truth_runs=0)
 
 
 def test_a_rank_correlation_study_reuses_architectures_trained_earlier(
@@ -197,7 +219,7 @@ def test_a_rank_correlation_study_reuses_architectures_trained_earlier(
     )
     checkpoint = supernet_dir / "checkpoint.pt"
     steps.rank_corr(checkpoint, ingested, tmp_path, run, CPU)
-    trained = tmp_path / "standalone.jsonl"
+    trained = tmp_path / "standalone_run0.jsonl"
     records = [json.loads(line) for line in trained.read_text().splitlines()]
     records[0]["standalone"]["log_loss"] = 123.0  # a marker: only a reused result carries it
     trained.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -205,11 +227,11 @@ def test_a_rank_correlation_study_reuses_architectures_trained_earlier(
     steps.rank_corr(checkpoint, ingested, tmp_path, replace(run, architectures=4), CPU)  # extends the study
     rows = json.loads((tmp_path / "rank_corr_rows.json").read_text())
     assert [r["architecture"] for r in rows[:3]] == [r["architecture"] for r in records]
-    assert rows[0]["standalone"]["log_loss"] == 123.0
+    assert rows[0]["standalone"][0]["log_loss"] == 123.0
     assert len(trained.read_text().splitlines()) == 4
 
     other = replace(run, train=replace(run.train, lr=0.05))
-    with pytest.raises(ValueError, match=r"standalone\.jsonl holds architectures trained with other settings"):
+    with pytest.raises(ValueError, match=r"standalone_run0\.jsonl holds architectures trained with other settings"):
         steps.rank_corr(checkpoint, ingested, tmp_path, other, CPU)
 
 
