@@ -390,7 +390,8 @@ def rank_corr(supernet_path: Path, data_dir: Path, out: Path, run: RankCorrRun, 
     finetune_batches, eval_batches = fixed_batches(data, run.search, run.seed)
     fitness = HeadFinetuneFitness(supernet, finetune_batches, eval_batches, run.search.search.fitness, device)
     archs = _distinct_architectures(supernet, run)
-    truths = [_TruthRun(out, data, run, k) for k in range(run.truth_runs)]
+    fingerprint = data.fingerprint()  # hashes every split: once, not once per truth run
+    truths = [_TruthRun(out, data, fingerprint, run, k) for k in range(run.truth_runs)]
     rows = []
     for i, arch in enumerate(archs):
         scores = fitness(arch)
@@ -430,11 +431,11 @@ class _TruthRun:
     smaller one, and another supernet is compared against the same truth at the cost of scoring alone.
     """
 
-    def __init__(self, out: Path, data: IngestedData, run: RankCorrRun, k: int):
+    def __init__(self, out: Path, data: IngestedData, fingerprint: str, run: RankCorrRun, k: int):
         self.data = data
         self.train = replace(run.train, progress=False, seed=run.train.seed + k)
         self.init_seed = run.seed + k
-        self.key = {"data": data.fingerprint(), "train": asdict(self.train), "init_seed": self.init_seed}
+        self.key = {"data": fingerprint, "train": asdict(self.train), "init_seed": self.init_seed}
         path = out / f"standalone_run{k}.jsonl"
         self.results = SearchHistory(path)
         for record in self.results.records.values():
