@@ -67,6 +67,7 @@ def main() -> None:
         help="rows the head is fine-tuned on (default: validation, the batches after the scored ones; "
         "train as in the paper, for a supernet that saw its rows once)",
     )
+    parser.add_argument("--workers", type=int, default=1, help="processes training from scratch at once (default: 1)")
     parser.add_argument("--device", help="default: cuda when available")
     parser.add_argument(
         "--out", type=Path, help="work folder (default: a temporary one); a rerun into it resumes or extends the study"
@@ -92,7 +93,9 @@ def main() -> None:
         finetune_split=args.finetune_split,
     )
     train = steps.FinetuneRun(epochs=args.train_epochs, batch_size=args.batch_size, lr=args.lr, progress=False)
-    run = steps.RankCorrRun(architectures=args.architectures, search=search, train=train, truth_runs=args.truth_runs)
+    run = steps.RankCorrRun(
+        architectures=args.architectures, search=search, train=train, truth_runs=args.truth_runs, workers=args.workers
+    )
     result = steps.rank_corr(out / "supernet" / "checkpoint.pt", data, out / "rank_corr", run, device)
     figures = {
         "data": str(args.data) if args.data else f"teacher {args.teacher_rows:,} rows, cardinality {args.cardinality}",

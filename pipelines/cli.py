@@ -185,7 +185,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from pipelines.steps import finetune, read_architectures
 
     archs = read_architectures(args.architectures, args.top_k)
-    finetune(archs, args.data, args.out, _finetune_run(args), _device(args), args.supernet)
+    finetune(archs, args.data, args.out, _finetune_run(args), _device(args), args.supernet, args.workers)
 
 
 def cmd_rank_corr(args: argparse.Namespace) -> None:
@@ -198,6 +198,7 @@ def cmd_rank_corr(args: argparse.Namespace) -> None:
         truth_runs=args.truth_runs,
         max_mflops=args.max_mflops,
         seed=args.seed,
+        workers=args.workers,
     )
     result = rank_corr(args.supernet, args.data, args.out, run, _device(args))
     print(json.dumps({k: v for k, v in result.items() if k != "run"}, indent=2))
@@ -316,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _schedule_options(finetune, batch_size=256, lr=0.1)
     _validation_options(finetune)
+    _training_workers_option(finetune, "candidates")
     finetune.set_defaults(func=cmd_finetune)
 
     rank = sub.add_parser(
@@ -338,8 +340,19 @@ def build_parser() -> argparse.ArgumentParser:
     _search_options(rank, evolution=False)
     _schedule_options(rank, batch_size=256, lr=0.1)
     _validation_options(rank)
+    _training_workers_option(rank, "networks from scratch")
     rank.set_defaults(func=cmd_rank_corr)
     return parser
+
+
+def _training_workers_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help=f"processes training {what} at once, sharing the CPU cores or the GPU; a small network keeps "
+        "neither busy alone (default: 1)",
+    )
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import torch
@@ -298,6 +302,80 @@ def train_network(
     return trainer.fit(data.train_stream(run.batch_size, run.seed))
 
 
+@dataclass(frozen=True)
+class TrainingJob:
+    """One architecture to train under `run`, from the initialisation `init_seed` draws (or, with
+    run.warm_start, from its inherited supernet weights); checkpoints go to `out` when given."""
+
+    arch: Architecture
+    run: FinetuneRun
+    init_seed: int
+    out: Path | None = None
+
+
+def train_architectures(
+    jobs: list[TrainingJob],
+    data_dir: Path,
+    device: torch.device,
+    workers: int = 1,
+    supernet_path: Path | None = None,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Train every job; yields (job index, best validation point) as each one ends.
+
+    With `workers` above 1 the jobs run in that many processes, which share the CPU cores (or the GPU):
+    small networks leave most of either idle when trained one at a time.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if workers == 1:
+        trainer = _ArchitectureTrainer(data_dir, device, supernet_path)
+        for index, job in enumerate(jobs):
+            yield index, trainer(job)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")  # safe with CUDA and with OpenMP thread pools
+    initargs = (data_dir, str(device), supernet_path, threads)
+    with context.Pool(workers, initializer=_init_training_worker, initargs=initargs) as pool:
+        quiet = [(index, replace(job, run=replace(job.run, progress=False))) for index, job in enumerate(jobs)]
+        yield from pool.imap_unordered(_train_in_worker, quiet, chunksize=1)
+
+
+class _ArchitectureTrainer:
+    def __init__(self, data_dir: Path, device: torch.device, supernet_path: Path | None):
+        self.data = IngestedData(data_dir)
+        self.device = device
+        self.supernet_path = supernet_path
+        self._supernet: Supernet | None = None
+
+    def __call__(self, job: TrainingJob) -> dict[str, Any]:
+        torch.manual_seed(job.init_seed)
+        net = self.supernet().extract(job.arch) if job.run.warm_start else NASRecNet(job.arch, self.data.input_schema)
+        return train_network(net, describe(net), self.data, job.run, self.device, job.out).best
+
+    def supernet(self) -> Supernet:
+        """Loaded on first use: only warm-started jobs need it."""
+        if self._supernet is None:
+            supernet = load_model(self.supernet_path, self.device)
+            if not isinstance(supernet, Supernet):
+                raise ValueError(f"{self.supernet_path}: holds a {type(supernet).__name__}, not a supernet")
+            self._supernet = supernet
+        return self._supernet
+
+
+_worker_trainer: _ArchitectureTrainer | None = None
+
+
+def _init_training_worker(data_dir: Path, device: str, supernet_path: Path | None, threads: int) -> None:
+    global _worker_trainer
+    torch.set_num_threads(threads)
+    _worker_trainer = _ArchitectureTrainer(data_dir, torch.device(device), supernet_path)
+
+
+def _train_in_worker(indexed: tuple[int, TrainingJob]) -> tuple[int, dict[str, Any]]:
+    index, job = indexed
+    return index, _worker_trainer(job)
+
+
 def finetune(
     architectures: list[Architecture],
     data_dir: Path,
@@ -305,32 +383,31 @@ def finetune(
     run: FinetuneRun,
     device: torch.device,
     supernet_path: Path | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Train each architecture, keep the best on validation AUC, report its test metrics."""
+    """Train each architecture (in `workers` processes), keep the best on validation AUC, report its test metrics."""
     if not architectures:
         raise ValueError("finetune needs at least one architecture")
     if run.warm_start and supernet_path is None:
         raise ValueError("--warm-start needs --supernet (the weights to inherit)")
     data = IngestedData(data_dir)
-    supernet = load_model(supernet_path, device) if run.warm_start else None
+    jobs = [TrainingJob(arch, run, run.seed, out / f"candidate_{rank:02d}") for rank, arch in enumerate(architectures)]
     candidates = []
-    for rank, arch in enumerate(architectures):
-        torch.manual_seed(run.seed)
-        net = supernet.extract(arch) if supernet is not None else NASRecNet(arch, data.input_schema)
-        result = train_network(net, describe(net), data, run, device, out / f"candidate_{rank:02d}")
-        candidates.append({"rank": rank, "architecture": arch.to_dict(), "validation": result.best, "net": net})
-        print(f"candidate {rank}: validation AUC {result.best['auc']:.4f}, log loss {result.best['log_loss']:.4f}")
+    for rank, best in train_architectures(jobs, data_dir, device, workers, supernet_path):
+        candidates.append({"rank": rank, "architecture": architectures[rank].to_dict(), "validation": best})
+        print(f"candidate {rank}: validation AUC {best['auc']:.4f}, log loss {best['log_loss']:.4f}", flush=True)
+    candidates.sort(key=lambda c: c["rank"])
     winner = max(candidates, key=lambda c: c["validation"]["auc"])
-    net = winner.pop("net")
-    test = evaluate(net, data.batches("test"), device)
     winner_dir = out / "winner"
     winner_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = (out / f"candidate_{winner['rank']:02d}" / "checkpoint.pt").replace(winner_dir / "checkpoint.pt")
+    net = load_model(checkpoint, device)  # the candidate's best validation weights
+    test = evaluate(net, data.batches("test"), device)
     net.arch.save(winner_dir / "architecture.json")
-    (out / f"candidate_{winner['rank']:02d}" / "checkpoint.pt").replace(winner_dir / "checkpoint.pt")
     mflops, parameters = architecture_cost(net.arch, data.input_schema)
     metrics = {
         "winner": {**winner, "test": test, "mflops": mflops, "parameters": parameters},
-        "candidates": [{k: v for k, v in c.items() if k != "net"} for c in candidates],
+        "candidates": candidates,
         "run": asdict(run),
     }
     write_json(winner_dir / "metrics.json", metrics)
@@ -370,10 +447,13 @@ class RankCorrRun:
     truth_runs: int = 1  # from-scratch runs per architecture, run k seeded seed + k; the truth is their mean
     max_mflops: float | None = None
     seed: int = 0
+    workers: int = 1  # processes training from scratch
 
     def __post_init__(self) -> None:
         if self.truth_runs < 1:
             raise ValueError(f"truth_runs must be at least 1, got {self.truth_runs}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
 
 
 def rank_corr(supernet_path: Path, data_dir: Path, out: Path, run: RankCorrRun, device: torch.device) -> dict:
@@ -390,24 +470,22 @@ def rank_corr(supernet_path: Path, data_dir: Path, out: Path, run: RankCorrRun, 
     finetune_batches, eval_batches = fixed_batches(data, run.search, run.seed)
     fitness = HeadFinetuneFitness(supernet, finetune_batches, eval_batches, run.search.search.fitness, device)
     archs = _distinct_architectures(supernet, run)
-    fingerprint = data.fingerprint()  # hashes every split: once, not once per truth run
-    truths = [_TruthRun(out, data, fingerprint, run, k) for k in range(run.truth_runs)]
-    rows = []
+    scores = []
     for i, arch in enumerate(archs):
-        scores = fitness(arch)
-        earlier = all(arch in truth.results.records for truth in truths)
-        standalone = [truth.best(arch, device) for truth in truths]
-        mean = sum(s["log_loss"] for s in standalone) / len(standalone)
-        rows.append({**scores, "standalone": standalone, "truth_log_loss": mean})
-        each = " ".join(f"{s['log_loss']:.4f}" for s in standalone)
+        scores.append(fitness(arch))
         print(
-            f"architecture {i + 1}/{len(archs)}: supernet {scores['supernet_logloss']:.4f}, "
-            f"fine-tuned head {scores['val_logloss']:.4f}, standalone {mean:.4f}"
-            + (f" (mean of {each})" if len(standalone) > 1 else "")
-            + (" (trained earlier)" if earlier else ""),
+            f"architecture {i + 1}/{len(archs)}: supernet {scores[-1]['supernet_logloss']:.4f}, "
+            f"fine-tuned head {scores[-1]['val_logloss']:.4f}",
             flush=True,
         )
-        write_json(out / "rank_corr_rows.json", rows)
+    fingerprint = data.fingerprint()  # hashes every split: once, not once per truth run
+    truths = [_TruthRun(out, fingerprint, run, k) for k in range(run.truth_runs)]
+    _train_truths(truths, archs, data_dir, device, run.workers)
+    rows = []
+    for arch, score in zip(archs, scores):
+        standalone = [truth.results.records[arch]["standalone"] for truth in truths]
+        rows.append({**score, "standalone": standalone, "truth_log_loss": fmean(s["log_loss"] for s in standalone)})
+    write_json(out / "rank_corr_rows.json", rows)
     truth = [r["truth_log_loss"] for r in rows]
     result = {
         "architectures": len(rows),
@@ -431,8 +509,8 @@ class _TruthRun:
     smaller one, and another supernet is compared against the same truth at the cost of scoring alone.
     """
 
-    def __init__(self, out: Path, data: IngestedData, fingerprint: str, run: RankCorrRun, k: int):
-        self.data = data
+    def __init__(self, out: Path, fingerprint: str, run: RankCorrRun, k: int):
+        self.k = k
         self.train = replace(run.train, progress=False, seed=run.train.seed + k)
         self.init_seed = run.seed + k
         self.key = {"data": fingerprint, "train": asdict(self.train), "init_seed": self.init_seed}
@@ -446,14 +524,33 @@ class _TruthRun:
                     "choose another --out, or delete the file to train them again"
                 )
 
-    def best(self, arch: Architecture, device: torch.device) -> dict[str, Any]:
-        """The architecture's best validation point, trained now unless this folder holds it."""
-        if arch not in self.results.records:
-            torch.manual_seed(self.init_seed)
-            net = NASRecNet(arch, self.data.input_schema)
-            result = train_network(net, describe(net), self.data, self.train, device, None)
-            self.results.append(arch, {**self.key, "architecture": arch.to_dict(), "standalone": result.best})
-        return self.results.records[arch]["standalone"]
+    def job(self, arch: Architecture) -> TrainingJob:
+        return TrainingJob(arch, self.train, self.init_seed)
+
+    def record(self, arch: Architecture, best: dict[str, Any]) -> None:
+        self.results.append(arch, {**self.key, "architecture": arch.to_dict(), "standalone": best})
+
+
+def _train_truths(
+    truths: list[_TruthRun], archs: list[Architecture], data_dir: Path, device: torch.device, workers: int
+) -> None:
+    """Train from scratch every (run, architecture) pair the truth files lack, recording each as it ends."""
+    pending = [(truth, arch) for truth in truths for arch in archs if arch not in truth.results.records]
+    reused = len(truths) * len(archs) - len(pending)
+    print(
+        f"training {len(pending)} networks from scratch in {workers} process(es)"
+        + (f"; {reused} trained earlier are reused" if reused else ""),
+        flush=True,
+    )
+    jobs = [truth.job(arch) for truth, arch in pending]
+    for done, (index, best) in enumerate(train_architectures(jobs, data_dir, device, workers), 1):
+        truth, arch = pending[index]
+        truth.record(arch, best)
+        print(
+            f"from scratch {done}/{len(jobs)}: architecture {archs.index(arch) + 1}, run {truth.k}: "
+            f"validation log loss {best['log_loss']:.4f}",
+            flush=True,
+        )
 
 
 def _repeatability(rows: list[dict[str, Any]], truth_runs: int) -> dict[str, float] | None:

@@ -161,6 +161,24 @@ def test_finetune_picks_the_best_on_validation_and_reports_test(
     assert json.loads((saved / "metrics.json").read_text())["winner"]["test"] == winner["test"]
 
 
+def test_finetune_in_worker_processes_trains_as_one_process_does(
+    ingested: Path, supernet_dir: Path, tmp_path: Path
+) -> None:
+    sampler = ArchitectureSampler(load_model(supernet_dir / "checkpoint.pt").space, 7)
+    archs = [sampler.sample() for _ in range(3)]
+    run = steps.FinetuneRun(steps=20, batch_size=256, eval_every=10, progress=False)
+    alone = steps.finetune(archs, ingested, tmp_path / "alone", run, CPU)
+    parallel = steps.finetune(archs, ingested, tmp_path / "parallel", run, CPU, workers=2)
+    assert [c["rank"] for c in parallel["candidates"]] == [0, 1, 2]
+    for one, other in zip(alone["candidates"], parallel["candidates"]):
+        assert other["architecture"] == one["architecture"]
+        assert other["validation"]["log_loss"] == pytest.approx(one["validation"]["log_loss"], abs=1e-5)
+    assert parallel["winner"]["rank"] == alone["winner"]["rank"]
+    assert parallel["winner"]["test"]["auc"] == pytest.approx(alone["winner"]["test"]["auc"], abs=1e-5)
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        steps.finetune(archs, ingested, tmp_path / "none", run, CPU, workers=0)
+
+
 def test_warm_start_begins_from_the_inherited_weights(ingested: Path, supernet_dir: Path, tmp_path: Path) -> None:
     checkpoint = supernet_dir / "checkpoint.pt"
     supernet = load_model(checkpoint)
@@ -233,6 +251,25 @@ def test_a_rank_correlation_study_reuses_architectures_trained_earlier(
     other = replace(run, train=replace(run.train, lr=0.05))
     with pytest.raises(ValueError, match=r"standalone_run0\.jsonl holds architectures trained with other settings"):
         steps.rank_corr(checkpoint, ingested, tmp_path, other, CPU)
+
+
+def test_a_rank_correlation_study_trains_in_worker_processes(
+    ingested: Path, supernet_dir: Path, tmp_path: Path
+) -> None:
+    train = steps.FinetuneRun(steps=10, batch_size=256, progress=False)
+    run = steps.RankCorrRun(architectures=3, search=TINY_SEARCH, train=train, truth_runs=2)
+    checkpoint = supernet_dir / "checkpoint.pt"
+    alone = steps.rank_corr(checkpoint, ingested, tmp_path / "alone", run, CPU)
+    parallel = steps.rank_corr(checkpoint, ingested, tmp_path / "parallel", replace(run, workers=2), CPU)
+    for name in ("alone", "parallel"):
+        for k in (0, 1):
+            assert len((tmp_path / name / f"standalone_run{k}.jsonl").read_text().splitlines()) == 3
+    rows = [json.loads((tmp_path / name / "rank_corr_rows.json").read_text()) for name in ("alone", "parallel")]
+    truths = [[r["truth_log_loss"] for r in study] for study in rows]
+    assert truths[1] == pytest.approx(truths[0], abs=1e-5)  # rows in architecture order, whatever ends first
+    assert parallel["with_finetuning"] == alone["with_finetuning"]
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        steps.RankCorrRun(workers=0)
 
 
 def test_the_data_fingerprint_follows_content_not_the_folder(ingested: Path, tmp_path: Path) -> None:
