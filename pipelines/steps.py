@@ -341,6 +341,8 @@ def train_architectures(
 
 
 class _ArchitectureTrainer:
+    """Trains jobs over one loaded dataset (and, for warm starts, one loaded supernet)."""
+
     def __init__(self, data_dir: Path, device: torch.device, supernet_path: Path | None):
         self.data = IngestedData(data_dir)
         self.device = device
