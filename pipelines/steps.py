@@ -327,7 +327,8 @@ def train_architectures(
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    if workers == 1:
+    workers = min(workers, len(jobs))  # no idle processes, none at all for no jobs
+    if workers <= 1:
         trainer = _ArchitectureTrainer(data_dir, device, supernet_path)
         for index, job in enumerate(jobs):
             yield index, trainer(job)
@@ -539,8 +540,11 @@ def _train_truths(
     """Train from scratch every (run, architecture) pair the truth files lack, recording each as it ends."""
     pending = [(truth, arch) for truth in truths for arch in archs if arch not in truth.results.records]
     reused = len(truths) * len(archs) - len(pending)
+    if not pending:
+        print(f"all {reused} from-scratch runs were trained earlier: reusing them", flush=True)
+        return
     print(
-        f"training {len(pending)} networks from scratch in {workers} process(es)"
+        f"training {len(pending)} networks from scratch in {min(workers, len(pending))} process(es)"
         + (f"; {reused} trained earlier are reused" if reused else ""),
         flush=True,
     )

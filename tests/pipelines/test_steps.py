@@ -230,7 +230,7 @@ def test_a_rank_correlation_truth_is_the_mean_of_seeded_runs(
 
 
 def test_a_rank_correlation_study_reuses_architectures_trained_earlier(
-    ingested: Path, supernet_dir: Path, tmp_path: Path
+    ingested: Path, supernet_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     run = steps.RankCorrRun(
         architectures=3, search=TINY_SEARCH, train=steps.FinetuneRun(steps=10, batch_size=256, progress=False)
@@ -246,6 +246,10 @@ def test_a_rank_correlation_study_reuses_architectures_trained_earlier(
     rows = json.loads((tmp_path / "rank_corr_rows.json").read_text())
     assert [r["architecture"] for r in rows[:3]] == [r["architecture"] for r in records]
     assert rows[0]["standalone"][0]["log_loss"] == 123.0
+    assert len(trained.read_text().splitlines()) == 4
+    capsys.readouterr()
+    steps.rank_corr(checkpoint, ingested, tmp_path, replace(run, architectures=4, workers=2), CPU)  # nothing to train
+    assert "all 4 from-scratch runs were trained earlier" in capsys.readouterr().out
     assert len(trained.read_text().splitlines()) == 4
 
     other = replace(run, train=replace(run.train, lr=0.05))
