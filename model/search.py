@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import multiprocessing.pool
 import os
 import random
 import time
@@ -258,13 +259,25 @@ def top_k(records: Iterable[dict[str, Any]], k: int) -> list[dict[str, Any]]:
     return sorted(best.values(), key=lambda r: r["val_logloss"])[:k]
 
 
+def spawn_pool(workers: int, initializer: Callable[..., None], initargs: tuple) -> multiprocessing.pool.Pool:
+    """`workers` spawned processes (safe with CUDA and OpenMP thread pools) sharing the CPU cores evenly,
+    each set up by `initializer(*initargs)`."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")
+    return context.Pool(workers, initializer=_init_process, initargs=(threads, initializer, initargs))
+
+
+def _init_process(threads: int, initializer: Callable[..., None], initargs: tuple) -> None:
+    torch.set_num_threads(threads)
+    initializer(*initargs)
+
+
 # Parallel evaluation: each worker process loads the supernet and the fixed batches once.
 _worker_fitness: HeadFinetuneFitness | None = None
 
 
-def _init_worker(checkpoint: Path, batches: Path, config: FitnessConfig, device: str, threads: int) -> None:
+def _init_worker(checkpoint: Path, batches: Path, config: FitnessConfig, device: str) -> None:
     global _worker_fitness
-    torch.set_num_threads(threads)
     data = torch.load(batches, weights_only=False)
     supernet = load_model(checkpoint, device)
     _worker_fitness = HeadFinetuneFitness(supernet, data["finetune"], data["eval"], config, torch.device(device))
@@ -278,11 +291,7 @@ class WorkerPool:
     """`workers` processes evaluating candidates in parallel; results come back in submission order."""
 
     def __init__(self, checkpoint: Path, batches: Path, config: FitnessConfig, device: torch.device, workers: int):
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        context = multiprocessing.get_context("spawn")  # safe with CUDA and with OpenMP thread pools
-        self.pool = context.Pool(
-            workers, initializer=_init_worker, initargs=(checkpoint, batches, config, str(device), threads)
-        )
+        self.pool = spawn_pool(workers, _init_worker, (checkpoint, batches, config, str(device)))
 
     def __call__(self, archs: list[Architecture]) -> list[dict[str, Any]]:
         return self.pool.map(_evaluate_in_worker, [a.to_dict() for a in archs], chunksize=1)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -33,6 +31,7 @@ from model.search import (
     WorkerPool,
     architecture_cost,
     regularized_evolution,
+    spawn_pool,
     top_k,
 )
 from model.space import get_space
@@ -333,10 +332,7 @@ def train_architectures(
         for index, job in enumerate(jobs):
             yield index, trainer(job)
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    context = multiprocessing.get_context("spawn")  # safe with CUDA and with OpenMP thread pools
-    initargs = (data_dir, str(device), supernet_path, threads)
-    with context.Pool(workers, initializer=_init_training_worker, initargs=initargs) as pool:
+    with spawn_pool(workers, _init_training_worker, (data_dir, str(device), supernet_path)) as pool:
         quiet = [(index, replace(job, run=replace(job.run, progress=False))) for index, job in enumerate(jobs)]
         yield from pool.imap_unordered(_train_in_worker, quiet, chunksize=1)
 
@@ -368,9 +364,8 @@ class _ArchitectureTrainer:
 _worker_trainer: _ArchitectureTrainer | None = None
 
 
-def _init_training_worker(data_dir: Path, device: str, supernet_path: Path | None, threads: int) -> None:
+def _init_training_worker(data_dir: Path, device: str, supernet_path: Path | None) -> None:
     global _worker_trainer
-    torch.set_num_threads(threads)
     _worker_trainer = _ArchitectureTrainer(data_dir, torch.device(device), supernet_path)
 
 
@@ -538,7 +533,7 @@ def _train_truths(
     truths: list[_TruthRun], archs: list[Architecture], data_dir: Path, device: torch.device, workers: int
 ) -> None:
     """Train from scratch every (run, architecture) pair the truth files lack, recording each as it ends."""
-    pending = [(truth, arch) for truth in truths for arch in archs if arch not in truth.results.records]
+    pending = [(truth, i, a) for truth in truths for i, a in enumerate(archs) if a not in truth.results.records]
     reused = len(truths) * len(archs) - len(pending)
     if not pending:
         print(f"all {reused} from-scratch runs were trained earlier: reusing them", flush=True)
@@ -548,12 +543,12 @@ def _train_truths(
         + (f"; {reused} trained earlier are reused" if reused else ""),
         flush=True,
     )
-    jobs = [truth.job(arch) for truth, arch in pending]
+    jobs = [truth.job(arch) for truth, _, arch in pending]
     for done, (index, best) in enumerate(train_architectures(jobs, data_dir, device, workers), 1):
-        truth, arch = pending[index]
+        truth, i, arch = pending[index]
         truth.record(arch, best)
         print(
-            f"from scratch {done}/{len(jobs)}: architecture {archs.index(arch) + 1}, run {truth.k}: "
+            f"from scratch {done}/{len(jobs)}: architecture {i + 1}, run {truth.k}: "
             f"validation log loss {best['log_loss']:.4f}",
             flush=True,
         )
@@ -568,7 +563,7 @@ def _repeatability(rows: list[dict[str, Any]], truth_runs: int) -> dict[str, flo
         for a in range(truth_runs)
         for b in range(a + 1, truth_runs)
     ]
-    return {name: sum(p[name] for p in pairs) / len(pairs) for name in pairs[0]}
+    return {name: fmean(p[name] for p in pairs) for name in pairs[0]}
 
 
 def _correlations(scores: list[float], truth: list[float]) -> dict[str, float]:
