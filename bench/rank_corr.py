@@ -2,8 +2,9 @@
 
 Trains a supernet (8 epochs by default), samples N architectures, scores each with the supernet
 without and with head-only fine-tuning, trains each from scratch --truth-runs times (seeds 0, 1, ...),
-and reports Kendall tau and Spearman rho against the mean, next to two references: ranking by MFLOPs
-alone, and one from-scratch run against another (the ceiling for any score against a single run).
+and reports Kendall tau (with its 95% bootstrap interval) and Spearman rho against the mean, next to
+two references: ranking by MFLOPs alone, and one from-scratch run against another (the ceiling for any
+score against a single run).
 A rerun into the same --out reuses the supernet and the from-scratch results.
 
 On 1M teacher rows, 32 architectures, 64 fine-tuning and 64 scoring batches (2026-11-29): tau with
@@ -111,22 +112,27 @@ def main() -> None:
         "truth_repeatability": result["truth_repeatability"],
         "without_finetuning": result["without_finetuning"],
         "with_finetuning": result["with_finetuning"],
+        "most_misranked": result["most_misranked"],
         "seconds": round(time.perf_counter() - start, 1),
     }
-    print(
-        f"rank correlation over {result['architectures']} architectures: "
-        f"without fine-tuning tau {result['without_finetuning']['kendall_tau']:.3f} "
-        f"rho {result['without_finetuning']['spearman_rho']:.3f}; "
-        f"with fine-tuning tau {result['with_finetuning']['kendall_tau']:.3f} "
-        f"rho {result['with_finetuning']['spearman_rho']:.3f}"
-    )
-    print(f"ranking by MFLOPs alone: tau {result['mflops_only']['kendall_tau']:.3f}")
+    print(f"rank correlation over {result['architectures']} architectures (tau's 95% bootstrap interval):")
+    for name, label in (("without_finetuning", "without fine-tuning"), ("with_finetuning", "with fine-tuning")):
+        print(f"  {label}: {_describe(result[name])}")
+    print(f"  ranking by MFLOPs alone: {_describe(result['mflops_only'])}")
     if result["truth_repeatability"] is not None:
         print(
             f"one from-scratch run against another: tau {result['truth_repeatability']['kendall_tau']:.3f} "
             f"rho {result['truth_repeatability']['spearman_rho']:.3f}"
         )
+    print("most misranked after fine-tuning (architecture: rank by score, rank from scratch):")
+    worst = result["most_misranked"]
+    print("  " + ", ".join(f"{m['architecture']}: {m['score_rank']} vs {m['truth_rank']}" for m in worst))
     write_json(args.json, figures)
+
+
+def _describe(correlations: dict) -> str:
+    low, high = correlations["kendall_tau_interval"]
+    return f"tau {correlations['kendall_tau']:.3f} [{low:.2f}, {high:.2f}], rho {correlations['spearman_rho']:.3f}"
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Exact CTR metrics: ROC AUC (ties get the average rank) and log loss."""
+"""Exact CTR metrics (ROC AUC, log loss), and the rank correlations that judge a supernet's scores."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -148,3 +150,34 @@ def spearman_rho(x: np.ndarray, y: np.ndarray) -> float:
     if denominator == 0:
         raise ValueError("Spearman's rho is undefined when x or y is constant")
     return float(np.dot(rx, ry) / denominator)
+
+
+def bootstrap_interval(
+    correlation: Callable[[np.ndarray, np.ndarray], float],
+    x: np.ndarray,
+    y: np.ndarray,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of a paired statistic, resampling (x, y) pairs with replacement.
+
+    A rank correlation over a few dozen architectures is noisy; the interval says how far another draw of
+    architectures could move it. Resamples where the statistic is undefined (one side constant) are skipped.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    x, y = _paired(x, y)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        pick = rng.integers(0, x.size, x.size)
+        try:
+            values.append(correlation(x[pick], y[pick]))
+        except ValueError:
+            continue
+    if not values:
+        raise ValueError("the statistic is undefined on every resample")
+    tail = (1.0 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)

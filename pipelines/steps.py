@@ -21,7 +21,7 @@ from torch import nn
 from model.arch import Architecture
 from model.baselines import BaselineConfig, build_baseline
 from model.distributed import init_from_environment, local_device, shutdown
-from model.metrics import kendall_tau, spearman_rho
+from model.metrics import bootstrap_interval, kendall_tau, spearman_rho
 from model.network import NASRecNet
 from model.sampling import ArchitectureSampler
 from model.search import (
@@ -485,14 +485,16 @@ def rank_corr(supernet_path: Path, data_dir: Path, out: Path, run: RankCorrRun, 
         rows.append({**score, "standalone": standalone, "truth_log_loss": fmean(s["log_loss"] for s in standalone)})
     write_json(out / "rank_corr_rows.json", rows)
     truth = [r["truth_log_loss"] for r in rows]
+    finetuned = [r["val_logloss"] for r in rows]
     result = {
         "architectures": len(rows),
         "truth_runs": run.truth_runs,
-        "without_finetuning": _correlations([r["supernet_logloss"] for r in rows], truth),
-        "with_finetuning": _correlations([r["val_logloss"] for r in rows], truth),
+        "without_finetuning": _study_correlations([r["supernet_logloss"] for r in rows], truth),
+        "with_finetuning": _study_correlations(finetuned, truth),
         # what ranking by cost alone (more MFLOPs, better) reaches: a score worth having beats it
-        "mflops_only": _correlations([-r["mflops"] for r in rows], truth),
+        "mflops_only": _study_correlations([-r["mflops"] for r in rows], truth),
         "truth_repeatability": _repeatability(rows, run.truth_runs),
+        "most_misranked": _most_misranked(finetuned, truth),
         "run": asdict(run),
     }
     write_json(out / "rank_corr.json", result)
@@ -568,6 +570,40 @@ def _repeatability(rows: list[dict[str, Any]], truth_runs: int) -> dict[str, flo
 
 def _correlations(scores: list[float], truth: list[float]) -> dict[str, float]:
     return {"kendall_tau": kendall_tau(scores, truth), "spearman_rho": spearman_rho(scores, truth)}
+
+
+def _study_correlations(scores: list[float], truth: list[float]) -> dict[str, Any]:
+    """The correlations, and tau's 95% bootstrap interval over architectures: how much another draw could move it."""
+    interval = bootstrap_interval(kendall_tau, scores, truth)
+    return {**_correlations(scores, truth), "kendall_tau_interval": list(interval)}
+
+
+def _most_misranked(scores: list[float], truth: list[float], count: int = 5) -> list[dict[str, Any]]:
+    """The architectures (1-based, as printed) whose fine-tuned rank is furthest from their rank from scratch.
+
+    Tau counts pairs, so a few architectures the supernet misjudges badly can cost more than many small slips;
+    these are the ones to look at first.
+    """
+    score_rank, truth_rank = _ranks(scores), _ranks(truth)
+    worst = sorted(range(len(scores)), key=lambda i: -abs(score_rank[i] - truth_rank[i]))[:count]
+    return [
+        {
+            "architecture": i + 1,
+            "score_rank": score_rank[i],
+            "truth_rank": truth_rank[i],
+            "fine_tuned_log_loss": scores[i],
+            "truth_log_loss": truth[i],
+        }
+        for i in worst
+    ]
+
+
+def _ranks(values: list[float]) -> list[int]:
+    """1-based ranks, lowest value first."""
+    ranks = [0] * len(values)
+    for rank, i in enumerate(sorted(range(len(values)), key=values.__getitem__), 1):
+        ranks[i] = rank
+    return ranks
 
 
 def _distinct_architectures(supernet: Supernet, run: RankCorrRun) -> list[Architecture]:

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
-from scipy.stats import kendalltau, spearmanr
+from scipy.stats import bootstrap, kendalltau, spearmanr
 from sklearn.metrics import log_loss as sk_log_loss
 from sklearn.metrics import roc_auc_score
 
-from model.metrics import StreamingMetrics, kendall_tau, log_loss, spearman_rho
+from model.metrics import StreamingMetrics, bootstrap_interval, kendall_tau, log_loss, spearman_rho
 
 
 def _tied_predictions(rng: np.random.Generator, rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,3 +105,34 @@ def test_rank_correlations_reject_bad_input(correlation):
         correlation(np.array([1.0]), np.array([2.0]))
     with pytest.raises(ValueError, match="constant"):
         correlation(np.arange(4), np.ones(4))
+
+
+def test_bootstrap_interval_agrees_with_scipy():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=30)
+    y = x + rng.normal(size=30)
+    ours = bootstrap_interval(kendall_tau, x, y, resamples=5000, seed=1)
+    theirs = bootstrap(
+        (x, y),
+        lambda a, b: kendalltau(a, b).statistic,
+        paired=True,
+        vectorized=False,
+        method="percentile",
+        n_resamples=5000,
+        rng=np.random.default_rng(2),
+    ).confidence_interval
+    assert ours[0] < kendall_tau(x, y) < ours[1]
+    assert ours == pytest.approx((theirs.low, theirs.high), abs=0.03)  # two Monte Carlo estimates of one interval
+    assert bootstrap_interval(kendall_tau, x, y, resamples=5000, seed=1) == ours  # seeded
+
+
+def test_bootstrap_interval_of_a_perfect_ranking_is_a_point():
+    x = np.arange(10.0)
+    assert bootstrap_interval(spearman_rho, x, x**2, resamples=200) == pytest.approx((1.0, 1.0))
+
+
+def test_bootstrap_interval_rejects_bad_input():
+    with pytest.raises(ValueError, match="confidence"):
+        bootstrap_interval(kendall_tau, np.arange(4.0), np.arange(4.0), confidence=1.0)
+    with pytest.raises(ValueError, match="undefined on every resample"):
+        bootstrap_interval(kendall_tau, np.arange(4.0), np.ones(4), resamples=50)

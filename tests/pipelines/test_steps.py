@@ -207,6 +207,17 @@ def test_rank_correlation_study(ingested: Path, supernet_dir: Path, tmp_path: Pa
     rows = json.loads((tmp_path / "rank_corr_rows.json").read_text())
     assert len({json.dumps(r["architecture"]) for r in rows}) == 4
     assert result["truth_repeatability"] is None  # one run per architecture has nothing to be compared with
+    low, high = result["with_finetuning"]["kendall_tau_interval"]
+    assert -1.0 <= low <= result["with_finetuning"]["kendall_tau"] <= high <= 1.0
+    misranked = result["most_misranked"]
+    assert len(misranked) == 4  # at most five: every architecture of this small study
+    gaps = [abs(m["score_rank"] - m["truth_rank"]) for m in misranked]
+    assert gaps == sorted(gaps, reverse=True)
+    for m in misranked:
+        row = rows[m["architecture"] - 1]
+        assert m["fine_tuned_log_loss"] == row["val_logloss"]
+        assert m["score_rank"] == sorted(r["val_logloss"] for r in rows).index(row["val_logloss"]) + 1
+        assert m["truth_rank"] == sorted(r["truth_log_loss"] for r in rows).index(row["truth_log_loss"]) + 1
 
 
 def test_a_rank_correlation_truth_is_the_mean_of_seeded_runs(
