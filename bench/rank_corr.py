@@ -128,7 +128,7 @@ def main() -> None:
         )
     print("most misranked after fine-tuning (architecture: rank by score, rank from scratch):")
     worst = result["most_misranked"]
-    print("  " + ", ".join(f"{m['architecture']}: {m['score_rank']} vs {m['truth_rank']}" for m in worst))
+    print("  " + ", ".join(f"{m['architecture']}: {m['score_rank']:g} vs {m['truth_rank']:g}" for m in worst))
     write_json(args.json, figures)
 
 

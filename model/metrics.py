@@ -132,7 +132,8 @@ def kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
     return float(score / denominator)
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, lowest value first; tied values share their mean rank."""
     _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
     # 1-based ranks: a run of `count` equal values ending at rank `end` averages end - (count - 1) / 2
     return (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]
@@ -144,8 +145,8 @@ def spearman_rho(x: np.ndarray, y: np.ndarray) -> float:
     Raises ValueError if either side is constant, where the correlation is undefined.
     """
     x, y = _paired(x, y)
-    rx = _average_ranks(x) - (x.size + 1) / 2.0
-    ry = _average_ranks(y) - (y.size + 1) / 2.0
+    rx = average_ranks(x) - (x.size + 1) / 2.0
+    ry = average_ranks(y) - (y.size + 1) / 2.0
     denominator = np.sqrt(np.dot(rx, rx) * np.dot(ry, ry))
     if denominator == 0:
         raise ValueError("Spearman's rho is undefined when x or y is constant")

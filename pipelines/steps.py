@@ -21,7 +21,7 @@ from torch import nn
 from model.arch import Architecture
 from model.baselines import BaselineConfig, build_baseline
 from model.distributed import init_from_environment, local_device, shutdown
-from model.metrics import bootstrap_interval, kendall_tau, spearman_rho
+from model.metrics import average_ranks, bootstrap_interval, kendall_tau, spearman_rho
 from model.network import NASRecNet
 from model.sampling import ArchitectureSampler
 from model.search import (
@@ -584,7 +584,7 @@ def _most_misranked(scores: list[float], truth: list[float], count: int = 5) -> 
     Tau counts pairs, so a few architectures the supernet misjudges badly can cost more than many small slips;
     these are the ones to look at first.
     """
-    score_rank, truth_rank = _ranks(scores), _ranks(truth)
+    score_rank, truth_rank = average_ranks(scores).tolist(), average_ranks(truth).tolist()  # 1 = lowest loss
     worst = sorted(range(len(scores)), key=lambda i: -abs(score_rank[i] - truth_rank[i]))[:count]
     return [
         {
@@ -596,14 +596,6 @@ def _most_misranked(scores: list[float], truth: list[float], count: int = 5) -> 
         }
         for i in worst
     ]
-
-
-def _ranks(values: list[float]) -> list[int]:
-    """1-based ranks, lowest value first."""
-    ranks = [0] * len(values)
-    for rank, i in enumerate(sorted(range(len(values)), key=values.__getitem__), 1):
-        ranks[i] = rank
-    return ranks
 
 
 def _distinct_architectures(supernet: Supernet, run: RankCorrRun) -> list[Architecture]:
