@@ -14,6 +14,16 @@ rows by default: after 16 epochs the supernet has memorised its training rows, a
 them dropped tau to 0.19.
 Extended to 48 architectures (8 epochs): tau 0.415 [0.23, 0.58] with fine-tuning, 0.410 without,
 MFLOPs alone 0.197, one run against another 0.665.
+The supernet's misjudgement is systematic, not seed noise: a second supernet (seed 1) ranks the first 32
+architectures as the first does (tau 0.843 between their fine-tuned scores, against 0.665 between two
+from-scratch runs), both put the stem-alone wirings last, and averaging the two supernets' scores does not
+raise tau (0.331 against 0.347 and 0.335 alone, truth = run 0).
+
+bench/results/rank_corr_teacher_1m/ holds from-scratch runs of this study (1M teacher rows, cardinality
+1000, default seeds; each file lists the architectures it covers). Copy its files into OUT/rank_corr/
+and a study on that data trains only the runs they lack. Each record carries the data's fingerprint (a
+hash of the parquet files, so the same pyarrow must write them) and the training settings; the study
+refuses records that do not match.
 
     python -m bench.rank_corr --data DIR            # an ingestion folder (`nasrec ingest --out`)
     python -m bench.rank_corr --teacher-rows 1000000  # or a synthetic teacher dataset, written first
