@@ -16,7 +16,7 @@ Extended to 48 architectures (8 epochs): tau 0.415 [0.23, 0.58] with fine-tuning
 MFLOPs alone 0.197, one run against another 0.665.
 The supernet's misjudgement is systematic, not seed noise: a second supernet (seed 1) ranks the first 32
 architectures as the first does (tau 0.843 between their fine-tuned scores, against 0.665 between two
-from-scratch runs), both put the stem-alone wirings last, and averaging the two supernets' scores does not
+from-scratch runs of 48), both put the stem-alone wirings last, and averaging the two supernets' scores does not
 raise tau (0.331 against 0.347 and 0.335 alone, truth = run 0).
 
 bench/results/rank_corr_teacher_1m/ holds from-scratch runs of this study (1M teacher rows, cardinality
