@@ -18,6 +18,12 @@ The supernet's misjudgement is systematic, not seed noise: a second supernet (se
 architectures as the first does (tau 0.843 between their fine-tuned scores, against 0.665 between two
 from-scratch runs of 48), both put the stem-alone wirings last, and averaging the two supernets' scores does not
 raise tau (0.331 against 0.347 and 0.335 alone, truth = run 0).
+The misjudged wiring is the last block's sparse operator reading the stem alone: changing only those inputs
+to (0, 1), (0, 3), (3,) or all four moves the two misranked architectures' fine-tuned scores from 0.467 to
+0.396-0.406. Without them tau (truth = run 0) is 0.494. Fine-tuning the LayerNorm gains or the whole subnet
+with the head (500 steps) leaves them at 0.456 or worse. Layer-normalising the stem's tokens in supernet
+and standalone networks alike (an experiment, not in the code) raised tau to 0.435 [0.18, 0.65] against
+that design's own run 0 (0.399 without fine-tuning), with the same 0.494 without the two.
 
 bench/results/rank_corr_teacher_1m/ holds from-scratch runs of this study (1M teacher rows, cardinality
 1000, default seeds; each file lists the architectures it covers). Copy its files into OUT/rank_corr/
