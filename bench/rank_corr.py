@@ -29,7 +29,8 @@ bench/results/rank_corr_teacher_1m/ holds from-scratch runs of this study (1M te
 1000, default seeds; each file lists the architectures it covers). Copy its files into OUT/rank_corr/
 and a study on that data trains only the runs they lack. Each record carries the data's fingerprint (a
 hash of the parquet files, so the same pyarrow must write them) and the training settings; the study
-refuses records that do not match.
+refuses records that do not match. The records do not name the network design: after a change to the
+networks, start from an empty folder.
 
     python -m bench.rank_corr --data DIR            # an ingestion folder (`nasrec ingest --out`)
     python -m bench.rank_corr --teacher-rows 1000000  # or a synthetic teacher dataset, written first
