@@ -24,6 +24,9 @@ to (0, 1), (0, 3), (3,) or all four moves the two misranked architectures' fine-
 with the head (500 steps) leaves them at 0.456 or worse. Layer-normalising the stem's tokens in supernet
 and standalone networks alike (an experiment, not in the code) raised tau to 0.435 [0.18, 0.65] against
 that design's own run 0 (0.399 without fine-tuning), with the same 0.494 without the two.
+Training the supernet with input counts drawn uniformly from 1 to 4 instead of 1 + Binomial(3, 0.5), which
+doubles how often a block reads one input alone (an experiment, not in the code), did not help: tau 0.331
+with fine-tuning and 0.347 without (truth = run 0); the two stem-alone architectures still rank 32nd and 30th.
 
 bench/results/rank_corr_teacher_1m/ holds from-scratch runs of this study (1M teacher rows, cardinality
 1000, default seeds; each file lists the architectures it covers). Copy its files into OUT/rank_corr/
