@@ -27,6 +27,11 @@ that design's own run 0 (0.399 without fine-tuning), with the same 0.494 without
 Training the supernet with input counts drawn uniformly from 1 to 4 instead of 1 + Binomial(3, 0.5), which
 doubles how often a block reads one input alone (an experiment, not in the code), did not help: tau 0.331
 with fine-tuning and 0.347 without (truth = run 0); the two stem-alone architectures still rank 32nd and 30th.
+A longer truth does not explain the misjudgement either. Twelve of the 32 (the most misranked and a spread)
+trained for 3 epochs (best validation point, patience 1; a scratch experiment) reach log loss 0.361-0.437
+against 0.386-0.476 after one epoch, ranked as one epoch ranks them (tau 0.727 between the two truths);
+architecture 26 ranks 2nd of the 12 after 3 epochs, and the fine-tuned score's tau on the 12 falls from
+0.242 against one epoch to 0.091 against three, while MFLOPs alone reaches 0.758.
 
 bench/results/rank_corr_teacher_1m/ holds from-scratch runs of this study (1M teacher rows, cardinality
 1000, default seeds; each file lists the architectures it covers). Copy its files into OUT/rank_corr/
