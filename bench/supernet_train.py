@@ -35,7 +35,7 @@ def main() -> None:
     config = TrainConfig(
         steps=args.steps,
         full_path_warmup_steps=round(args.steps * args.full_path_warmup),
-        log_every=max(args.steps // 10, 1),  # the last loss-curve point is the mean over the last tenth
+        log_every=max(args.steps // 10, 1),  # the last loss-curve point: the mean over about the last tenth
     )
     start = time.perf_counter()
     result = Trainer(supernet, config, device).fit(itertools.cycle(pool))
