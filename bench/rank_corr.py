@@ -7,31 +7,7 @@ two references: ranking by MFLOPs alone, and one from-scratch run against anothe
 score against a single run).
 A rerun into the same --out reuses the supernet and the from-scratch results.
 
-On 1M teacher rows, 32 architectures, 64 fine-tuning and 64 scoring batches (2026-11-29): tau with
-head fine-tuning on validation rows 0.387 after 8 supernet epochs (0.403 after 16, 0.21 after 3),
-MFLOPs alone 0.379, one from-scratch run against another 0.609. The head is fine-tuned on validation
-rows by default: after 16 epochs the supernet has memorised its training rows, and fine-tuning on
-them dropped tau to 0.19.
-Extended to 48 architectures (8 epochs): tau 0.415 [0.23, 0.58] with fine-tuning, 0.410 without,
-MFLOPs alone 0.197, one run against another 0.665.
-The supernet's misjudgement is systematic, not seed noise: a second supernet (seed 1) ranks the first 32
-architectures as the first does (tau 0.843 between their fine-tuned scores, against 0.665 between two
-from-scratch runs of 48), both put the stem-alone wirings last, and averaging the two supernets' scores does not
-raise tau (0.331 against 0.347 and 0.335 alone, truth = run 0).
-The misjudged wiring is the last block's sparse operator reading the stem alone: changing only those inputs
-to (0, 1), (0, 3), (3,) or all four moves the two misranked architectures' fine-tuned scores from 0.467 to
-0.396-0.406. Without them tau (truth = run 0) is 0.494. Fine-tuning the LayerNorm gains or the whole subnet
-with the head (500 steps) leaves them at 0.456 or worse. Layer-normalising the stem's tokens in supernet
-and standalone networks alike (an experiment, not in the code) raised tau to 0.435 [0.18, 0.65] against
-that design's own run 0 (0.399 without fine-tuning), with the same 0.494 without the two.
-Training the supernet with input counts drawn uniformly from 1 to 4 instead of 1 + Binomial(3, 0.5), which
-doubles how often a block reads one input alone (an experiment, not in the code), did not help: tau 0.331
-with fine-tuning and 0.347 without (truth = run 0); the two stem-alone architectures still rank 32nd and 30th.
-A longer truth does not explain the misjudgement either. Twelve of the 32 (the most misranked and a spread)
-trained for 3 epochs (best validation point, patience 1; a scratch experiment) reach log loss 0.361-0.437
-against 0.386-0.476 after one epoch, ranked as one epoch ranks them (tau 0.727 between the two truths);
-architecture 26 ranks 2nd of the 12 after 3 epochs, and the fine-tuned score's tau on the 12 falls from
-0.242 against one epoch to 0.091 against three, while MFLOPs alone reaches 0.758.
+Measured figures, and each fix tried for the misranked wiring: bench/results/rank_corr_teacher_1m/FINDINGS.md.
 
 bench/results/rank_corr_teacher_1m/ holds from-scratch runs of this study (1M teacher rows, cardinality
 1000, default seeds; each file lists the architectures it covers). Copy its files into OUT/rank_corr/
