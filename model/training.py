@@ -45,6 +45,9 @@ class SliceAdagrad:
 
     @torch.no_grad()
     def apply(self, updates: Iterable[Update]) -> None:
+        sums_in_place: list[Tensor] = []  # whole tensors and views, updated together below
+        weights_in_place: list[Tensor] = []
+        grads_in_place: list[Tensor] = []
         for param, index, grad in updates:
             state = self.state_sums[param]
             if grad.is_sparse:  # embedding rows
@@ -53,15 +56,19 @@ class SliceAdagrad:
                 sums = state.index_select(0, rows).addcmul_(values, values)
                 state.index_copy_(0, rows, sums)
                 param.index_add_(0, rows, values / sums.sqrt().add_(self.eps), alpha=-self.lr)
-            elif index is None:
-                state.addcmul_(grad, grad)
-                param.addcdiv_(grad, state.sqrt().add_(self.eps), value=-self.lr)
-            else:
+            elif index is None or _is_view(index):
+                sums_in_place.append(state if index is None else state[index])
+                weights_in_place.append(param if index is None else param[index])
+                grads_in_place.append(grad)
+            else:  # a gathered copy, not a view: update it, then write it back
                 sums = state[index].addcmul_(grad, grad)
-                weights = param[index].addcdiv_(grad, sums.sqrt().add_(self.eps), value=-self.lr)
-                if not _is_view(index):  # a gathered copy, not a view: write back
-                    state[index] = sums
-                    param[index] = weights
+                state[index] = sums
+                param[index] = param[index].addcdiv_(grad, sums.sqrt().add_(self.eps), value=-self.lr)
+        if grads_in_place:  # multi-tensor kernels: a few launches in all, not a few per tensor (on GPU)
+            torch._foreach_addcmul_(sums_in_place, grads_in_place, grads_in_place)
+            denominators = torch._foreach_sqrt(sums_in_place)
+            torch._foreach_add_(denominators, self.eps)
+            torch._foreach_addcdiv_(weights_in_place, grads_in_place, denominators, value=-self.lr)
 
     def state_dict(self) -> dict:
         return {"name": self.name, "tensors": [[s] for s in self.state_sums.values()]}
@@ -153,7 +160,10 @@ def _load_tensors(optimizer: Optimizer, state: dict, own: Iterable[tuple[Tensor,
 def clip_gradients(updates: list[Update], max_norm: float) -> tuple[list[Update], float]:
     """Scale all gradients together so their global L2 norm is at most `max_norm` (sparse ones included)."""
     grads = [g.coalesce().values() if g.is_sparse else g for _, _, g in updates]
-    total = math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads))
+    if not grads:
+        return updates, 0.0
+    # One read of the total: a float() per tensor would make the host wait for the GPU once per tensor.
+    total = math.sqrt(float(torch.stack([g.float().pow(2).sum() for g in grads]).double().sum()))
     scale = max_norm / (total + 1e-6)
     if scale >= 1.0:
         return updates, total
