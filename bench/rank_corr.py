@@ -25,14 +25,16 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from bench.common import add_json_argument, write_json, write_teacher_splits
-from model.search import FitnessConfig, SearchConfig
+from model.search import SearchConfig
 from model.trainer import default_device
 from pipelines import steps
+from pipelines.cli import add_fitness_options, fitness_config
 
 
 def main() -> None:
@@ -59,7 +61,7 @@ def main() -> None:
     parser.add_argument("--train-epochs", type=float, default=1.0, help="from-scratch epochs each (default: 1)")
     parser.add_argument("--batch-size", type=int, default=512, help="training batch (default: 512)")
     parser.add_argument("--lr", type=float, default=0.12, help="supernet and from-scratch peak lr (default: 0.12)")
-    parser.add_argument("--finetune-steps", type=int, default=500, help="head fine-tuning steps (default: 500)")
+    add_fitness_options(parser)
     parser.add_argument("--eval-batches", type=int, default=64, help="validation batches for scores (default: 64)")
     parser.add_argument(
         "--finetune-batches", type=int, default=64, help="batches the head cycles through (default: 64)"
@@ -69,9 +71,11 @@ def main() -> None:
         choices=steps.FINETUNE_SPLITS,
         default="validation",
         help="rows the head is fine-tuned on (default: validation, the batches after the scored ones; "
-        "train as in the paper, for a supernet that saw its rows once)",
+        "train as in the paper, for a supernet that saw its rows once); the subnet fitness always trains on train",
     )
-    parser.add_argument("--workers", type=int, default=1, help="processes training from scratch at once (default: 1)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes scoring, then training from scratch, at once (default: 1)"
+    )
     parser.add_argument("--device", help="default: cuda when available")
     parser.add_argument(
         "--out", type=Path, help="work folder (default: a temporary one); a rerun into it resumes or extends the study"
@@ -89,12 +93,13 @@ def main() -> None:
         space=args.space, epochs=args.supernet_epochs, batch_size=args.batch_size, lr=args.lr
     )
     training = steps.train_supernet(data, out / "supernet", supernet_run, device)["training"]
+    fitness = fitness_config(args)
     search = steps.SearchRun(
-        search=SearchConfig(fitness=FitnessConfig(finetune_steps=args.finetune_steps)),
+        search=SearchConfig(fitness=fitness),
         eval_batches=args.eval_batches,
         finetune_batches=args.finetune_batches,
         batch_size=args.batch_size,
-        finetune_split=args.finetune_split,
+        finetune_split="train" if fitness.method == "subnet" else args.finetune_split,
     )
     train = steps.FinetuneRun(epochs=args.train_epochs, batch_size=args.batch_size, lr=args.lr, progress=False)
     run = steps.RankCorrRun(
@@ -104,6 +109,7 @@ def main() -> None:
     figures = {
         "data": str(args.data) if args.data else f"teacher {args.teacher_rows:,} rows, cardinality {args.cardinality}",
         "space": args.space,
+        "fitness": asdict(fitness),
         "device": str(device),
         # None: the supernet in --out was already trained, so this run measured no training speed
         "supernet_samples_per_second": training["samples_per_second"]
@@ -119,7 +125,10 @@ def main() -> None:
         "seconds": round(time.perf_counter() - start, 1),
     }
     print(f"rank correlation over {result['architectures']} architectures (tau's 95% bootstrap interval):")
-    for name, label in (("without_finetuning", "without fine-tuning"), ("with_finetuning", "with fine-tuning")):
+    for name, label in (
+        ("without_finetuning", "without fine-tuning"),
+        ("with_finetuning", f"{fitness.method} fine-tuning"),
+    ):
         print(f"  {label}: {_describe(result[name])}")
     print(f"  ranking by MFLOPs alone: {_describe(result['mflops_only'])}")
     if result["truth_repeatability"] is not None:

@@ -1,9 +1,14 @@
 """Regularised (aging) evolution over a trained supernet (NASREC.md section 7).
 
-Fitness is "post-training fine-tuning": with the supernet's weights fixed, only the subnet's final
-linear head is trained, then validation log loss is measured on a fixed set of batches (the same
-for every candidate). The body's outputs do not change while the head trains, so they are computed
-once per batch and the head steps run on those features.
+Fitness scores a candidate from the supernet's weights, two ways (FitnessConfig.method):
+- "head", the paper's post-training fine-tuning: with the supernet's weights fixed, only the subnet's
+  final linear head is trained, then validation log loss is measured on a fixed set of batches (the
+  same for every candidate). The body's outputs do not change while the head trains, so they are
+  computed once per batch and the head steps run on those features.
+- "subnet": a copy of the whole subnet is trained from its inherited weights for a few hundred steps
+  on distinct training batches, then scored the same way. About as costly as that many training
+  steps, but it repairs the wirings whose shared block weights the supernet serves badly, which the
+  head alone cannot (bench/results/rank_corr_teacher_1m/FINDINGS.md).
 
 The search is a pure function of (seed, fitness values): every evaluation is appended to a JSON-lines
 history, and a resumed search replays the same decisions, reading fitness from the history instead
@@ -20,7 +25,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,17 +41,49 @@ from model.network import InputSchema, NASRecNet
 from model.sampling import ArchitectureSampler, mutate, mutations_per_child
 from model.space import SearchSpace
 from model.supernet import Supernet
-from model.trainer import load_model
+from model.trainer import TrainConfig, Trainer, TrainingDiverged, load_model
+from model.trainer import evaluate as evaluate_network
 from model.training import Batch, SliceAdagrad, autocast, learning_rate
 
 _MAX_DRAWS = 300  # per candidate, before a too-tight MFLOPs budget is reported
 
 
+FITNESS_METHODS = ("head", "subnet")
+
+
 @dataclass(frozen=True)
 class FitnessConfig:
+    """How candidates are fine-tuned before scoring; `for_method` gives each method's defaults."""
+
     finetune_steps: int = 500
-    finetune_lr: float = 0.04
+    finetune_lr: float = 0.04  # peak Adagrad lr: linear warm-up, then cosine decay
     finetune_warmup_steps: int = 50
+    method: str = "head"  # "head": the final linear layer alone; "subnet": the whole subnet, from inherited weights
+
+    def __post_init__(self) -> None:
+        if self.method not in FITNESS_METHODS:
+            raise ValueError(f"fitness method: {self.method!r} is not one of {', '.join(FITNESS_METHODS)}")
+        if self.finetune_steps < 1:
+            raise ValueError(f"finetune_steps: must be >= 1, got {self.finetune_steps}")
+        if self.finetune_lr <= 0:
+            raise ValueError(f"finetune_lr: must be > 0, got {self.finetune_lr}")
+        if not 0 <= self.finetune_warmup_steps < self.finetune_steps:
+            raise ValueError(
+                f"finetune_warmup_steps: must be in [0, finetune_steps={self.finetune_steps}), "
+                f"got {self.finetune_warmup_steps}"
+            )
+
+    @classmethod
+    def for_method(cls, method: str) -> FitnessConfig:
+        """Each method's defaults, measured on the rank-correlation study (FINDINGS.md): the head is near
+        convergence after 500 steps; 600 subnet steps at the training lr (0.12) ranked best of the lengths tried."""
+        if method == "subnet":
+            return cls(finetune_steps=600, finetune_lr=0.12, finetune_warmup_steps=60, method="subnet")
+        return cls(method=method)
+
+    @property
+    def warmup_fraction(self) -> float:
+        return self.finetune_warmup_steps / self.finetune_steps
 
 
 @dataclass(frozen=True)
@@ -109,17 +146,7 @@ class HeadFinetuneFitness:
         eval_features = torch.cat(self._features(arch, self.eval_batches))  # (N, F)
         inherited = self._score(eval_features, head_weight, head_bias)
         tuned = self._score(eval_features, *self._train_head(train_features, head_weight, head_bias))
-        mflops, parameters = architecture_cost(arch, self.supernet.schema)
-        return {
-            "architecture": arch.to_dict(),
-            "val_logloss": tuned["log_loss"],
-            "val_auc": tuned["auc"],
-            "supernet_logloss": inherited["log_loss"],
-            "supernet_auc": inherited["auc"],
-            "mflops": mflops,
-            "parameters": parameters,
-            "seconds": round(time.perf_counter() - start, 3),
-        }
+        return _fitness_record(arch, self.supernet.schema, inherited, tuned, start)
 
     @torch.no_grad()
     def _features(self, arch: Architecture, batches: list[Batch]) -> list[Tensor]:
@@ -130,10 +157,9 @@ class HeadFinetuneFitness:
         config = self.config
         weight, bias = weight.requires_grad_(), bias.requires_grad_()
         optimizer = SliceAdagrad([weight, bias], lr=config.finetune_lr)
-        warmup_fraction = config.finetune_warmup_steps / max(config.finetune_steps, 1)
         for step in range(config.finetune_steps):
             k = step % len(features)
-            optimizer.lr = learning_rate(step, config.finetune_steps, config.finetune_lr, warmup_fraction)
+            optimizer.lr = learning_rate(step, config.finetune_steps, config.finetune_lr, config.warmup_fraction)
             logits = (features[k] @ weight.T).squeeze(-1) + bias
             loss = F.binary_cross_entropy_with_logits(logits, self.finetune_batches[k].label)
             weight_grad, bias_grad = torch.autograd.grad(loss, [weight, bias])
@@ -146,6 +172,82 @@ class HeadFinetuneFitness:
         if not np.isfinite(probabilities).all():
             return {"log_loss": math.inf, "auc": 0.5}
         return {"log_loss": log_loss(self.eval_labels, probabilities), "auc": roc_auc(self.eval_labels, probabilities)}
+
+
+class SubnetFinetuneFitness:
+    """Scores architectures by training a copy of each subnet from its inherited weights, then scoring it.
+
+    Every candidate trains on the same `finetune_steps` distinct training batches, one step each, under
+    the same schedule, so scores differ only by architecture. The supernet is never changed.
+    """
+
+    def __init__(
+        self,
+        supernet: Supernet,
+        train_batches: list[Batch],
+        eval_batches: list[Batch],
+        config: FitnessConfig,
+        device: torch.device,
+    ):
+        if len(train_batches) < config.finetune_steps:
+            raise ValueError(
+                f"subnet fitness: {config.finetune_steps} steps need as many training batches, got {len(train_batches)}"
+            )
+        if not eval_batches:
+            raise ValueError("fitness needs at least one evaluation batch")
+        self.supernet = supernet.to(device).eval()
+        self.train_batches = train_batches[: config.finetune_steps]  # on the CPU: the trainer moves each in turn
+        self.eval_batches = eval_batches
+        self.train_config = TrainConfig(
+            steps=config.finetune_steps,
+            lr=config.finetune_lr,
+            warmup_fraction=config.warmup_fraction,
+            progress=False,
+        )
+        self.device = device
+
+    def __call__(self, arch: Architecture) -> dict[str, Any]:
+        start = time.perf_counter()
+        net = self.supernet.extract(arch)  # a copy: training it leaves the supernet as it was
+        inherited = evaluate_network(net.eval(), self.eval_batches, self.device)
+        try:
+            Trainer(net, self.train_config, self.device).fit(self.train_batches)
+            tuned = evaluate_network(net.eval(), self.eval_batches, self.device)
+        except TrainingDiverged:  # a candidate that diverges is the worst, not the end of the search
+            tuned = {"log_loss": math.inf, "auc": 0.5}
+        return _fitness_record(arch, self.supernet.schema, inherited, tuned, start)
+
+
+def _fitness_record(
+    arch: Architecture, schema: InputSchema, inherited: dict[str, float], tuned: dict[str, float], start: float
+) -> dict[str, Any]:
+    """A history record: scores with the inherited and the fine-tuned weights, cost, and seconds since `start`."""
+    mflops, parameters = architecture_cost(arch, schema)
+    return {
+        "architecture": arch.to_dict(),
+        "val_logloss": tuned["log_loss"],
+        "val_auc": tuned["auc"],
+        "supernet_logloss": inherited["log_loss"],
+        "supernet_auc": inherited["auc"],
+        "mflops": mflops,
+        "parameters": parameters,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+Fitness = HeadFinetuneFitness | SubnetFinetuneFitness
+
+
+def build_fitness(
+    supernet: Supernet,
+    finetune_batches: list[Batch],
+    eval_batches: list[Batch],
+    config: FitnessConfig,
+    device: torch.device,
+) -> Fitness:
+    """The fitness `config.method` names, over the fixed fine-tuning and evaluation batches."""
+    kind = SubnetFinetuneFitness if config.method == "subnet" else HeadFinetuneFitness
+    return kind(supernet, finetune_batches, eval_batches, config, device)
 
 
 class SearchHistory:
@@ -273,14 +375,14 @@ def _init_process(threads: int, initializer: Callable[..., None], initargs: tupl
 
 
 # Parallel evaluation: each worker process loads the supernet and the fixed batches once.
-_worker_fitness: HeadFinetuneFitness | None = None
+_worker_fitness: Fitness | None = None
 
 
 def _init_worker(checkpoint: Path, batches: Path, config: FitnessConfig, device: str) -> None:
     global _worker_fitness
     data = torch.load(batches, weights_only=False)
     supernet = load_model(checkpoint, device)
-    _worker_fitness = HeadFinetuneFitness(supernet, data["finetune"], data["eval"], config, torch.device(device))
+    _worker_fitness = build_fitness(supernet, data["finetune"], data["eval"], config, torch.device(device))
 
 
 def _evaluate_in_worker(arch_dict: dict[str, Any]) -> dict[str, Any]:
@@ -293,8 +395,9 @@ class WorkerPool:
     def __init__(self, checkpoint: Path, batches: Path, config: FitnessConfig, device: torch.device, workers: int):
         self.pool = spawn_pool(workers, _init_worker, (checkpoint, batches, config, str(device)))
 
-    def __call__(self, archs: list[Architecture]) -> list[dict[str, Any]]:
-        return self.pool.map(_evaluate_in_worker, [a.to_dict() for a in archs], chunksize=1)
+    def imap(self, archs: Iterable[Architecture]) -> Iterator[dict[str, Any]]:
+        """Each result as soon as it and those before it are done."""
+        return self.pool.imap(_evaluate_in_worker, [a.to_dict() for a in archs], chunksize=1)
 
     def close(self) -> None:
         self.pool.close()

@@ -130,10 +130,10 @@ def cmd_train_supernet(args: argparse.Namespace) -> None:
 
 
 def _search_run(args: argparse.Namespace):
-    from model.search import FitnessConfig, SearchConfig
+    from model.search import SearchConfig
     from pipelines.steps import SearchRun
 
-    fitness = FitnessConfig(args.finetune_steps, args.finetune_lr, args.finetune_warmup_steps)
+    fitness = fitness_config(args)
     config = SearchConfig(
         population=args.population,
         generations=args.generations,
@@ -322,9 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rank = sub.add_parser(
         "rank-corr",
-        help="rank correlation of supernet scores (without and with head fine-tuning) with training from scratch",
-        description="Rank correlation of supernet scores (without and with head fine-tuning) with training from"
-        " scratch. Each from-scratch run k is kept in OUT/standalone_run{k}.jsonl: a rerun into the same --out"
+        help="rank correlation of supernet scores (without and with fine-tuning) with training from scratch",
+        description="Rank correlation of supernet scores (without and with fine-tuning, see --fitness) with training"
+        " from scratch. Each from-scratch run k is kept in OUT/standalone_run{k}.jsonl: a rerun into the same --out"
         " resumes a killed study, and one with more --architectures or --truth-runs (same --seed) extends it.",
     )
     _data_options(rank)
@@ -400,18 +400,12 @@ def _search_options(parser: argparse.ArgumentParser, evolution: bool = True) -> 
         parser.add_argument("--batch-size", type=int, default=512, help="rows per fitness batch (default: 512)")
     else:
         parser.set_defaults(population=1, generations=0, sample_size=1, children=1)
-    parser.add_argument(
-        "--finetune-steps", type=int, default=500, help="head-only fine-tuning steps per candidate (default: 500)"
-    )
-    parser.add_argument("--finetune-lr", type=float, default=0.04, help="head fine-tuning Adagrad lr (default: 0.04)")
-    parser.add_argument(
-        "--finetune-warmup-steps", type=int, default=50, help="head fine-tuning warm-up steps (default: 50)"
-    )
+    add_fitness_options(parser)
     parser.add_argument(
         "--finetune-batches",
         type=int,
         default=16,
-        help="distinct batches the head cycles through (default: 16)",
+        help="distinct batches the head cycles through (default: 16); the subnet fitness takes one per step",
     )
     parser.add_argument(
         "--finetune-split",
@@ -425,6 +419,40 @@ def _search_options(parser: argparse.ArgumentParser, evolution: bool = True) -> 
     )
     parser.add_argument(
         "--max-mflops", type=float, help="reject architectures costing more MFLOPs per sample (default: no limit)"
+    )
+
+
+def add_fitness_options(parser: argparse.ArgumentParser) -> None:
+    """--fitness and its schedule; read them back with `fitness_config`."""
+    from model.search import FITNESS_METHODS
+
+    parser.add_argument(
+        "--fitness",
+        choices=FITNESS_METHODS,
+        default="head",
+        help="how a candidate is fine-tuned from the supernet's weights before scoring: head, the paper's, trains "
+        "the final linear layer alone (~1 s a candidate on a CPU core); subnet trains a copy of the whole subnet, "
+        "one training batch per step, which ranks architectures closer to training them from scratch at the cost "
+        "of that many steps (~90 s on a CPU core for 600) (default: head)",
+    )
+    parser.add_argument("--finetune-steps", type=int, help="fine-tuning steps (default: 500 head, 600 subnet)")
+    parser.add_argument("--finetune-lr", type=float, help="peak Adagrad lr (default: 0.04 head, 0.12 subnet)")
+    parser.add_argument("--finetune-warmup-steps", type=int, help="warm-up steps (default: a tenth of the steps)")
+
+
+def fitness_config(args: argparse.Namespace):
+    """The FitnessConfig of --fitness, with the steps, lr and warm-up given overriding its defaults."""
+    from dataclasses import replace
+
+    from model.search import FitnessConfig
+
+    config = FitnessConfig.for_method(args.fitness)
+    steps = config.finetune_steps if args.finetune_steps is None else args.finetune_steps
+    return replace(
+        config,
+        finetune_steps=steps,
+        finetune_lr=config.finetune_lr if args.finetune_lr is None else args.finetune_lr,
+        finetune_warmup_steps=steps // 10 if args.finetune_warmup_steps is None else args.finetune_warmup_steps,
     )
 
 

@@ -6,10 +6,11 @@ own artifacts into an output folder. The CLI and the Kubeflow components are thi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from statistics import fmean
@@ -25,11 +26,12 @@ from model.metrics import average_ranks, bootstrap_interval, kendall_tau, spearm
 from model.network import NASRecNet
 from model.sampling import ArchitectureSampler
 from model.search import (
-    HeadFinetuneFitness,
+    FitnessConfig,
     SearchConfig,
     SearchHistory,
     WorkerPool,
     architecture_cost,
+    build_fitness,
     regularized_evolution,
     spawn_pool,
     top_k,
@@ -154,7 +156,7 @@ FINETUNE_SPLITS = ("train", "validation")
 @dataclass(frozen=True)
 class SearchRun:
     search: SearchConfig = field(default_factory=SearchConfig)
-    finetune_batches: int = 16  # distinct batches the head fine-tuning cycles through
+    finetune_batches: int = 16  # distinct batches the head fine-tuning cycles through (the subnet takes one per step)
     eval_batches: int = 8  # fixed validation batches every candidate is scored on
     batch_size: int = 512
     top_k: int = 15
@@ -166,11 +168,16 @@ class SearchRun:
     def __post_init__(self) -> None:
         if self.finetune_split not in FINETUNE_SPLITS:
             raise ValueError(f"finetune_split: {self.finetune_split!r} is not one of {', '.join(FINETUNE_SPLITS)}")
+        if self.search.fitness.method == "subnet" and self.finetune_split != "train":
+            raise ValueError(
+                "the subnet fitness trains whole subnets, on training rows only: use finetune_split 'train'"
+            )
 
 
 def fixed_batches(data: IngestedData, run: SearchRun, seed: int) -> tuple[list[Batch], list[Batch]]:
     """The same fine-tuning batches (a seeded shuffle of train, or validation batches after the scored
-    ones) and evaluation batches (the first validation batches) for every candidate."""
+    ones; for the subnet fitness, one training batch per step) and evaluation batches (the first
+    validation batches) for every candidate."""
     validation = data.batches("validation", run.batch_size)
     evaluation = [b for _, b in zip(range(run.eval_batches), validation)]
     if run.finetune_split == "validation":
@@ -181,13 +188,24 @@ def fixed_batches(data: IngestedData, run: SearchRun, seed: int) -> tuple[list[B
                 f"batches of {run.batch_size}; lower --eval-batches or fine-tune on train"
             )
         return finetune, evaluation
+    fitness = run.search.fitness
+    count = fitness.finetune_steps if fitness.method == "subnet" else run.finetune_batches
     stream = data.train_stream(run.batch_size, seed)
-    return [next(stream) for _ in range(run.finetune_batches)], evaluation
+    return [next(stream) for _ in range(count)], evaluation
 
 
 def _search_identity(options: dict[str, Any]) -> dict[str, Any]:
     """What decides a search's history: any number of workers makes the same search; top-k only reads it."""
     return {k: v for k, v in options.items() if k not in ("workers", "top_k")}
+
+
+def _with_defaults(defaults: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:
+    """`recorded` with the options it lacks, at any depth, taken from `defaults`."""
+    merged = dict(defaults)
+    for key, value in recorded.items():
+        nested = isinstance(value, dict) and isinstance(defaults.get(key), dict)
+        merged[key] = _with_defaults(defaults[key], value) if nested else value
+    return merged
 
 
 def search(supernet_path: Path, data_dir: Path, out: Path, run: SearchRun, device: torch.device) -> dict[str, Any]:
@@ -204,35 +222,24 @@ def search(supernet_path: Path, data_dir: Path, out: Path, run: SearchRun, devic
     )
     if (out / "search.json").exists():
         # options added since a search was recorded take their defaults, so older searches still resume
-        recorded = _search_identity({**asdict(SearchRun()), **json.loads((out / "search.json").read_text())})
+        recorded = _search_identity(_with_defaults(asdict(SearchRun()), json.loads((out / "search.json").read_text())))
         if recorded != identity:
             raise ValueError(f"{out}: holds a search with other inputs or options (search.json); use another --out")
     write_json(out / "search.json", identity)
-    finetune, evaluation = fixed_batches(data, run, run.search.seed)
+    batches = fixed_batches(data, run, run.search.seed)
     history = SearchHistory(out / "history.jsonl")
     if history.records:
         print(f"resuming: {len(history.records)} evaluations in {history.path} are reused")
-    pool = None
-    if run.workers > 1:
-        batches_path = out / "fitness_batches.pt"
-        torch.save({"finetune": finetune, "eval": evaluation}, batches_path)
-        evaluator = pool = WorkerPool(supernet_path, batches_path, run.search.fitness, device, run.workers)
-    else:
-        fitness = HeadFinetuneFitness(supernet, finetune, evaluation, run.search.fitness, device)
-        evaluator = lambda archs: [fitness(a) for a in archs]  # noqa: E731
-    try:
+    with _fitness_scores(supernet_path, supernet, batches, run.search.fitness, device, run.workers, out) as score:
         records = regularized_evolution(
             supernet.space,
             supernet.schema,
-            evaluator,
+            lambda archs: list(score(archs)),
             run.search,
             history,
             supernet.use_layernorm,
             progress=_progress_printer("search"),
         )
-    finally:
-        if pool is not None:
-            pool.close()
     best = top_k(records, run.top_k)
     write_json(out / "top_k.json", best)
     plot_search_trajectory(records, out / "search_trajectory.png")
@@ -245,6 +252,31 @@ def search(supernet_path: Path, data_dir: Path, out: Path, run: SearchRun, devic
     }
     write_json(out / "summary.json", summary)
     return summary
+
+
+@contextlib.contextmanager
+def _fitness_scores(
+    supernet_path: Path,
+    supernet: Supernet,
+    batches: tuple[list[Batch], list[Batch]],
+    config: FitnessConfig,
+    device: torch.device,
+    workers: int,
+    out: Path,
+) -> Iterator[Callable[[list[Architecture]], Iterator[dict[str, Any]]]]:
+    """A function scoring architectures in order: in this process, or in `workers` processes that each
+    load the supernet and the fixed batches (saved to OUT/fitness_batches.pt) once."""
+    if workers <= 1:
+        fitness = build_fitness(supernet, *batches, config, device)
+        yield lambda archs: map(fitness, archs)
+        return
+    batches_path = out / "fitness_batches.pt"
+    torch.save({"finetune": batches[0], "eval": batches[1]}, batches_path)
+    pool = WorkerPool(supernet_path, batches_path, config, device, workers)
+    try:
+        yield pool.imap
+    finally:
+        pool.close()
 
 
 def _progress_printer(name: str):
@@ -445,7 +477,7 @@ class RankCorrRun:
     truth_runs: int = 1  # from-scratch runs per architecture, run k seeded seed + k; the truth is their mean
     max_mflops: float | None = None
     seed: int = 0
-    workers: int = 1  # processes training from scratch
+    workers: int = 1  # processes scoring architectures, then training them from scratch
 
     def __post_init__(self) -> None:
         if self.truth_runs < 1:
@@ -465,17 +497,18 @@ def rank_corr(supernet_path: Path, data_dir: Path, out: Path, run: RankCorrRun, 
     out.mkdir(parents=True, exist_ok=True)
     data = IngestedData(data_dir)
     supernet = load_model(supernet_path, device)
-    finetune_batches, eval_batches = fixed_batches(data, run.search, run.seed)
-    fitness = HeadFinetuneFitness(supernet, finetune_batches, eval_batches, run.search.search.fitness, device)
+    batches = fixed_batches(data, run.search, run.seed)
     archs = _distinct_architectures(supernet, run)
+    fitness = run.search.search.fitness
     scores = []
-    for i, arch in enumerate(archs):
-        scores.append(fitness(arch))
-        print(
-            f"architecture {i + 1}/{len(archs)}: supernet {scores[-1]['supernet_logloss']:.4f}, "
-            f"fine-tuned head {scores[-1]['val_logloss']:.4f}",
-            flush=True,
-        )
+    with _fitness_scores(supernet_path, supernet, batches, fitness, device, run.workers, out) as score:
+        for i, record in enumerate(score(archs)):
+            scores.append(record)
+            print(
+                f"architecture {i + 1}/{len(archs)}: supernet {record['supernet_logloss']:.4f}, "
+                f"fine-tuned {fitness.method} {record['val_logloss']:.4f} ({record['seconds']:.0f} s)",
+                flush=True,
+            )
     fingerprint = data.fingerprint()  # hashes every split: once, not once per truth run
     truths = [_TruthRun(out, fingerprint, run, k) for k in range(run.truth_runs)]
     _train_truths(truths, archs, data_dir, device, run.workers)

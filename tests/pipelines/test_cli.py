@@ -56,6 +56,21 @@ def test_cli_choices_are_the_library_names():
     assert FINETUNE_SPLITS == steps.FINETUNE_SPLITS
 
 
+def test_fitness_options_take_each_methods_defaults_unless_given():
+    from model.search import FitnessConfig
+    from pipelines.cli import build_parser, fitness_config
+
+    def parsed(*options: str) -> FitnessConfig:
+        args = ["search", "--data", "d", "--out", "o", "--supernet", "s.pt", *options]
+        return fitness_config(build_parser().parse_args(args))
+
+    assert parsed() == FitnessConfig(500, 0.04, 50, "head")
+    assert parsed("--fitness", "subnet") == FitnessConfig(600, 0.12, 60, "subnet")
+    assert parsed("--fitness", "subnet", "--finetune-steps", "300") == FitnessConfig(300, 0.12, 30, "subnet")
+    given = ("--finetune-lr", "0.2", "--finetune-warmup-steps", "0")
+    assert parsed("--fitness", "subnet", *given) == FitnessConfig(600, 0.2, 0, "subnet")
+
+
 def test_model_steps_through_the_cli(ingested, tmp_path, capsys):
     """train-supernet -> search -> finetune (in two processes), and a clear error for a missing checkpoint."""
     data = ["--data", str(ingested), "--device", "cpu"]

@@ -13,8 +13,8 @@ import torch
 
 from model.metrics import kendall_tau
 from model.sampling import ArchitectureSampler
-from model.search import FitnessConfig, SearchConfig
-from model.trainer import load_checkpoint, load_model
+from model.search import FitnessConfig, SearchConfig, build_fitness
+from model.trainer import evaluate, load_checkpoint, load_model
 from pipelines import steps
 from pipelines.data import IngestedData
 
@@ -28,6 +28,8 @@ TINY_SEARCH = steps.SearchRun(
     batch_size=256,
     top_k=3,
 )
+TINY_SUBNET_FITNESS = FitnessConfig(finetune_steps=10, finetune_lr=0.05, finetune_warmup_steps=1, method="subnet")
+TINY_SUBNET_SEARCH = replace(TINY_SEARCH, search=replace(TINY_SEARCH.search, fitness=TINY_SUBNET_FITNESS))
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +96,7 @@ def test_a_seeded_search_is_reproducible_and_resumes(ingested: Path, supernet_di
     assert _without_timing(_history(tmp_path / "c")) == _without_timing(history) and more["evaluations"] == 12
     recorded = json.loads((tmp_path / "c" / "search.json").read_text())
     del recorded["finetune_split"]  # as written before that option, and before top_k was output-only
+    del recorded["search"]["fitness"]["method"]  # and before the subnet fitness
     (tmp_path / "c" / "search.json").write_text(json.dumps({**recorded, "top_k": 3, "workers": 1}))
     assert steps.search(checkpoint, ingested, tmp_path / "c", TINY_SEARCH, CPU)["evaluations"] == 12
 
@@ -132,6 +135,61 @@ def test_parallel_workers_evaluate_the_same_search(ingested: Path, supernet_dir:
     assert [r["architecture"] for r in one] == [r["architecture"] for r in two]
     for a, b in zip(one, two):
         assert a["val_logloss"] == pytest.approx(b["val_logloss"], abs=1e-5)
+
+
+def test_subnet_fitness_scores_warm_start_training_and_leaves_the_supernet_unchanged(
+    ingested: Path, supernet_dir: Path, tmp_path: Path
+) -> None:
+    data = IngestedData(ingested)
+    finetune, evaluation = steps.fixed_batches(data, TINY_SUBNET_SEARCH, seed=0)
+    assert len(finetune) == 10  # one distinct training batch per step, not the head's 3 cycled
+    supernet = load_model(supernet_dir / "checkpoint.pt")
+    weights = {name: value.clone() for name, value in supernet.state_dict().items()}
+    arch = ArchitectureSampler(supernet.space, 5).sample()
+    fitness = build_fitness(supernet, finetune, evaluation, TINY_SUBNET_FITNESS, CPU)
+    first, again = fitness(arch), fitness(arch)
+    assert _without_timing([first]) == _without_timing([again])
+    for name, value in supernet.state_dict().items():
+        assert torch.equal(value, weights[name]), name
+
+    # the score is the validation log loss of `nasrec finetune --warm-start` for as many steps, on the same rows
+    run = steps.FinetuneRun(steps=10, batch_size=256, lr=0.05, warm_start=True, progress=False)
+    steps.finetune([arch], ingested, tmp_path / "warm", run, CPU, supernet_path=supernet_dir / "checkpoint.pt")
+    trained = load_model(tmp_path / "warm" / "winner" / "checkpoint.pt")
+    assert first["val_logloss"] == pytest.approx(evaluate(trained, evaluation, CPU)["log_loss"], abs=1e-6)
+    assert first["val_logloss"] != first["supernet_logloss"]
+    head = build_fitness(supernet, finetune[:3], evaluation, TINY_SEARCH.search.fitness, CPU)(arch)
+    assert first["supernet_logloss"] == pytest.approx(head["supernet_logloss"], abs=1e-5)  # one inherited score
+
+    with pytest.raises(ValueError, match="10 steps need as many training batches, got 3"):
+        build_fitness(supernet, finetune[:3], evaluation, TINY_SUBNET_FITNESS, CPU)
+    with pytest.raises(ValueError, match="subnet fitness trains whole subnets, on training rows only"):
+        replace(TINY_SUBNET_SEARCH, finetune_split="validation")
+    with pytest.raises(ValueError, match="fitness method: 'body' is not one of head, subnet"):
+        FitnessConfig(method="body")
+    with pytest.raises(ValueError, match=r"finetune_warmup_steps: must be in \[0, finetune_steps=10\), got 10"):
+        replace(TINY_SUBNET_FITNESS, finetune_warmup_steps=10)
+
+
+def test_a_search_with_the_subnet_fitness_gives_the_same_scores_in_workers(
+    ingested: Path, supernet_dir: Path, tmp_path: Path
+) -> None:
+    checkpoint = supernet_dir / "checkpoint.pt"
+    run = replace(TINY_SUBNET_SEARCH, search=replace(TINY_SUBNET_SEARCH.search, population=3, generations=1))
+    steps.search(checkpoint, ingested, tmp_path / "one", run, CPU)
+    steps.search(checkpoint, ingested, tmp_path / "two", replace(run, workers=2), CPU)
+    one, two = _history(tmp_path / "one"), _history(tmp_path / "two")
+    assert len(one) == 5 and [r["architecture"] for r in one] == [r["architecture"] for r in two]
+    for a, b in zip(one, two):
+        assert a["val_logloss"] == pytest.approx(b["val_logloss"], abs=1e-5)
+    with pytest.raises(ValueError, match="other inputs or options"):  # a head search is another search
+        steps.search(
+            checkpoint,
+            ingested,
+            tmp_path / "one",
+            replace(run, search=replace(run.search, fitness=FitnessConfig())),
+            CPU,
+        )
 
 
 def test_a_tight_mflops_budget_is_respected_or_reported(ingested: Path, supernet_dir: Path, tmp_path: Path) -> None:
