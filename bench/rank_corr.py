@@ -1,11 +1,13 @@
 """The method's key quality figure: do supernet scores rank architectures as training them does?
 
 Trains a supernet (8 epochs by default), samples N architectures, scores each with the supernet
-without and with head-only fine-tuning, trains each from scratch --truth-runs times (seeds 0, 1, ...),
+without and with fine-tuning (--fitness head, the paper's, or subnet: a short training of the whole subnet
+from its inherited weights), trains each from scratch --truth-runs times (seeds 0, 1, ...),
 and reports Kendall tau (with its 95% bootstrap interval) and Spearman rho against the mean, next to
 two references: ranking by MFLOPs alone, and one from-scratch run against another (the ceiling for any
 score against a single run).
-A rerun into the same --out reuses the supernet and the from-scratch results.
+A rerun into the same --out reuses the supernet and the from-scratch results, so comparing the two
+fitness kinds costs one study and the scoring of the second.
 
 Measured figures, and each fix tried for the misranked wiring: bench/results/rank_corr_teacher_1m/FINDINGS.md.
 
@@ -18,6 +20,7 @@ networks, start from an empty folder.
 
     python -m bench.rank_corr --data DIR            # an ingestion folder (`nasrec ingest --out`)
     python -m bench.rank_corr --teacher-rows 1000000  # or a synthetic teacher dataset, written first
+    python -m bench.rank_corr --data DIR --fitness subnet --workers 2   # the same study, scored by subnet training
 """
 
 from __future__ import annotations
