@@ -265,7 +265,7 @@ def _fitness_scores(
     out: Path,
 ) -> Iterator[Callable[[list[Architecture]], Iterator[dict[str, Any]]]]:
     """A function scoring architectures in order: in this process, or in `workers` processes that each
-    load the supernet and the fixed batches (saved to OUT/fitness_batches.pt) once."""
+    load the supernet and the fixed batches (passed through OUT/fitness_batches.pt, removed after) once."""
     if workers <= 1:
         fitness = build_fitness(supernet, *batches, config, device)
         yield lambda archs: map(fitness, archs)
@@ -277,6 +277,7 @@ def _fitness_scores(
         yield pool.imap
     finally:
         pool.close()
+        batches_path.unlink()  # the subnet fitness's batches run to 100 MB; the workers have read them
 
 
 def _progress_printer(name: str):
