@@ -325,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="rank correlation of supernet scores (without and with fine-tuning) with training from scratch",
         description="Rank correlation of supernet scores (without and with fine-tuning, see --fitness) with training"
         " from scratch. Each from-scratch run k is kept in OUT/standalone_run{k}.jsonl: a rerun into the same --out"
-        " resumes a killed study, and one with more --architectures or --truth-runs (same --seed) extends it.",
+        " resumes a killed study, and one with more --architectures or --truth-runs (same --seed) extends it."
+        " Scores are kept likewise in OUT/scores_{digest}.jsonl, one file per supernet, data and fitness options.",
     )
     _data_options(rank)
     rank.add_argument("--supernet", type=Path, required=True, help="supernet checkpoint")

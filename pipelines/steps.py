@@ -7,6 +7,7 @@ own artifacts into an output folder. The CLI and the Kubeflow components are thi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import sys
@@ -498,19 +499,9 @@ def rank_corr(supernet_path: Path, data_dir: Path, out: Path, run: RankCorrRun, 
     out.mkdir(parents=True, exist_ok=True)
     data = IngestedData(data_dir)
     supernet = load_model(supernet_path, device)
-    batches = fixed_batches(data, run.search, run.seed)
     archs = _distinct_architectures(supernet, run)
-    fitness = run.search.search.fitness
-    scores = []
-    with _fitness_scores(supernet_path, supernet, batches, fitness, device, run.workers, out) as score:
-        for i, record in enumerate(score(archs)):
-            scores.append(record)
-            print(
-                f"architecture {i + 1}/{len(archs)}: supernet {record['supernet_logloss']:.4f}, "
-                f"fine-tuned {fitness.method} {record['val_logloss']:.4f} ({record['seconds']:.0f} s)",
-                flush=True,
-            )
     fingerprint = data.fingerprint()  # hashes every split: once, not once per truth run
+    scores = _score_architectures(supernet_path, supernet, data, archs, run, fingerprint, device, out)
     truths = [_TruthRun(out, fingerprint, run, k) for k in range(run.truth_runs)]
     _train_truths(truths, archs, data_dir, device, run.workers)
     rows = []
@@ -533,6 +524,50 @@ def rank_corr(supernet_path: Path, data_dir: Path, out: Path, run: RankCorrRun, 
     }
     write_json(out / "rank_corr.json", result)
     return result
+
+
+def _score_architectures(
+    supernet_path: Path,
+    supernet: Supernet,
+    data: IngestedData,
+    archs: list[Architecture],
+    run: RankCorrRun,
+    fingerprint: str,
+    device: torch.device,
+    out: Path,
+) -> list[dict[str, Any]]:
+    """The supernet's score of each architecture, kept in `OUT/scores_{digest}.jsonl` as it comes.
+
+    The subnet fitness takes minutes an architecture, so scores are reused like the from-scratch runs:
+    a killed study resumes and a larger one extends a smaller one. The file is named by a digest of all
+    a score depends on (supernet weights, data, fitness options, seed), so another supernet or fitness
+    scores into a file of its own, next to the earlier ones.
+    """
+    with Path(supernet_path).open("rb") as f:
+        weights = hashlib.file_digest(f, "sha256").hexdigest()
+    key = {
+        "supernet": weights,
+        "data": fingerprint,
+        "search": _search_identity(asdict(run.search)),
+        "seed": run.seed,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    cache = SearchHistory(out / f"scores_{digest}.jsonl")
+    pending = [a for a in archs if a not in cache.records]
+    if len(pending) < len(archs):
+        print(f"{len(archs) - len(pending)} of {len(archs)} scores are reused from {cache.path}", flush=True)
+    if pending:
+        fitness = run.search.search.fitness
+        batches = fixed_batches(data, run.search, run.seed)
+        with _fitness_scores(supernet_path, supernet, batches, fitness, device, run.workers, out) as score:
+            for arch, record in zip(pending, score(pending)):
+                cache.append(arch, {**record, "key": key})
+                print(
+                    f"architecture {archs.index(arch) + 1}/{len(archs)}: supernet {record['supernet_logloss']:.4f}, "
+                    f"fine-tuned {fitness.method} {record['val_logloss']:.4f} ({record['seconds']:.0f} s)",
+                    flush=True,
+                )
+    return [{k: v for k, v in cache.records[a].items() if k != "key"} for a in archs]
 
 
 class _TruthRun:

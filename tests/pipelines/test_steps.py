@@ -326,6 +326,41 @@ def test_a_rank_correlation_study_reuses_architectures_trained_earlier(
         steps.rank_corr(checkpoint, ingested, tmp_path, other, CPU)
 
 
+def test_a_rank_correlation_study_reuses_scores_until_the_supernet_or_fitness_changes(
+    ingested: Path, supernet_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = steps.RankCorrRun(
+        architectures=3, search=TINY_SEARCH, train=steps.FinetuneRun(steps=5, batch_size=256, progress=False)
+    )
+    checkpoint = supernet_dir / "checkpoint.pt"
+    steps.rank_corr(checkpoint, ingested, tmp_path, run, CPU)
+    [scores] = tmp_path.glob("scores_*.jsonl")
+    records = [json.loads(line) for line in scores.read_text().splitlines()]
+    records[0]["val_logloss"] = 123.0  # a marker: only a reused score carries it
+    scores.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    copied = Path(shutil.copy(checkpoint, tmp_path / "copied.pt"))  # the same weights elsewhere: the same scores
+    capsys.readouterr()
+    steps.rank_corr(copied, ingested, tmp_path, replace(run, architectures=4), CPU)  # extends the study
+    assert "3 of 4 scores are reused" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "rank_corr_rows.json").read_text())
+    assert rows[0]["val_logloss"] == 123.0
+    assert "key" not in rows[0]
+    assert len(scores.read_text().splitlines()) == 4
+
+    state = load_checkpoint(checkpoint)
+    name = next(iter(state["model"]))
+    state["model"][name] = state["model"][name] + 0.1
+    torch.save(state, tmp_path / "changed.pt")
+    other_fitness = replace(run, search=replace(TINY_SEARCH, eval_batches=1))
+    for path, study in ((tmp_path / "changed.pt", run), (checkpoint, other_fitness)):
+        capsys.readouterr()
+        steps.rank_corr(path, ingested, tmp_path, study, CPU)
+        assert "scores are reused" not in capsys.readouterr().out
+        assert json.loads((tmp_path / "rank_corr_rows.json").read_text())[0]["val_logloss"] != 123.0
+    assert len(list(tmp_path.glob("scores_*.jsonl"))) == 3
+
+
 def test_a_rank_correlation_study_trains_in_worker_processes(
     ingested: Path, supernet_dir: Path, tmp_path: Path
 ) -> None:
