@@ -6,8 +6,9 @@ from its inherited weights), trains each from scratch --truth-runs times (seeds 
 and reports Kendall tau (with its 95% bootstrap interval) and Spearman rho against the mean, next to
 two references: ranking by MFLOPs alone, and one from-scratch run against another (the ceiling for any
 score against a single run).
-A rerun into the same --out reuses the supernet and the from-scratch results, so comparing the two
-fitness kinds costs one study and the scoring of the second.
+A rerun into the same --out reuses the supernet, the from-scratch results and the scores (one file per
+supernet and fitness), so comparing the two fitness kinds costs one study and the scoring of the second,
+and a study extended to more architectures scores and trains only the new ones.
 
 Measured figures, and each fix tried for the misranked wiring: bench/results/rank_corr_teacher_1m/FINDINGS.md.
 
