@@ -553,17 +553,17 @@ def _score_architectures(
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cache = SearchHistory(out / f"scores_{digest}.jsonl")
-    pending = [a for a in archs if a not in cache.records]
+    pending = [(i, a) for i, a in enumerate(archs) if a not in cache.records]
     if len(pending) < len(archs):
         print(f"{len(archs) - len(pending)} of {len(archs)} scores are reused from {cache.path}", flush=True)
     if pending:
         fitness = run.search.search.fitness
         batches = fixed_batches(data, run.search, run.seed)
         with _fitness_scores(supernet_path, supernet, batches, fitness, device, run.workers, out) as score:
-            for arch, record in zip(pending, score(pending)):
+            for (i, arch), record in zip(pending, score([a for _, a in pending])):
                 cache.append(arch, {**record, "key": key})
                 print(
-                    f"architecture {archs.index(arch) + 1}/{len(archs)}: supernet {record['supernet_logloss']:.4f}, "
+                    f"architecture {i + 1}/{len(archs)}: supernet {record['supernet_logloss']:.4f}, "
                     f"fine-tuned {fitness.method} {record['val_logloss']:.4f} ({record['seconds']:.0f} s)",
                     flush=True,
                 )
