@@ -7,8 +7,11 @@ STAMP := $(VENV)/.installed
 # torch is installed first, pinned: a plain requirement may pull a multi-GB CUDA build. On this project's
 # CPU machines pip finds the CPU wheel on local disk; on GPU hosts the same pin takes PyPI's CUDA build.
 TORCH ?= torch==2.13.0
+# The local Triton server's own environment (numpy < 2; see serving/server.py).
+TRITON_VENV ?= .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean serving-env
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (found " + sys.version.split()[0] + "); set PYTHON=...")'
@@ -17,10 +20,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $(STAMP)
 
-run: $(STAMP)
+$(TRITON_STAMP): serving/runtime-requirements.txt
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r serving/runtime-requirements.txt
+	touch $(TRITON_STAMP)
+
+serving-env: $(TRITON_STAMP)
+
+run: $(STAMP) $(TRITON_STAMP)
 	$(VENV)/bin/nasrec demo
 
-test: $(STAMP)
+test: $(STAMP) $(TRITON_STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -31,4 +41,4 @@ bench: $(STAMP)
 	$(PY) -m bench.supernet_step --json runs/bench/supernet_step.json
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(TRITON_VENV) runs

@@ -6,6 +6,7 @@
         feature_repo/            feature_store.yaml (+ production variant), generated definitions.py, registry
         train|validation|test.parquet   model-ready rows from get_historical_features
         transform.json           the fitted feature transform
+        schema.yaml              the dataset schema (for serving: raw column names and entities)
         stats.json               rows, rejects, label rates, cardinalities
 
 Every output is written under a temporary name and moved into place only when all of them are complete,
@@ -28,6 +29,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureStore
+from feast.infra.provider import get_provider
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from features.feast_repo import apply_repo, feature_service_name, view_keys, write_repo
 from features.prefetch import prefetch
@@ -97,6 +101,7 @@ def ingest(
             split_paths[name] = staging / f"{name}.parquet"
             write_model_ready(part, transform, schema, split_paths[name])
         transform.save(staging / "transform.json")
+        schema.save(staging / "schema.yaml")
         stats = {
             "schema": schema.name,
             "rows": rows,
@@ -117,7 +122,7 @@ def ingest(
         (staging / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         # everything is complete: move it into place, then point the repo's source at the final events
         final_events = out_dir / "offline" / "events.parquet"
-        for name in (*(f"{s}.parquet" for s in SPLITS), "transform.json", "stats.json", "rejects.csv"):
+        for name in (*(f"{s}.parquet" for s in SPLITS), "transform.json", "schema.yaml", "stats.json", "rejects.csv"):
             _replace(staging / name, out_dir / name)
         _replace(events_path, final_events)
         shutil.rmtree(out_dir / "feature_repo", ignore_errors=True)
@@ -193,16 +198,29 @@ def write_model_ready(frame: pd.DataFrame, transform: FeatureTransform, schema: 
 
 
 class OnlineFeatures:
-    """Online lookups through Feast, returned model-ready (the same transform as training)."""
+    """Online lookups through Feast's online store, returned model-ready (the same transform as training).
+
+    Lookups go through the provider's `online_read` (the online store's read path, SQLite here, Redis on a
+    cluster), once per distinct key and only for the views whose keys are given: the SDK's
+    `get_online_features` costs several times more for a 512-row request (see bench/serving.py).
+    """
 
     def __init__(self, repo: Path, schema: DatasetSchema, transform: FeatureTransform):
         self.store = FeatureStore(repo_path=str(repo))
         self.schema = schema
         self.transform = transform
+        self._provider = get_provider(self.store.config)
         service = self.store.get_feature_service(feature_service_name(schema))
         features = {p.name: [f.name for f in p.features] for p in service.feature_view_projections}
-        # join key -> the feature references it unlocks
-        self._refs = {key: [f"{view}:{f}" for f in features[view]] for view, key in view_keys(schema).items()}
+        # join key -> (its feature view, the features it unlocks)
+        self._views = {
+            key: (self.store.get_feature_view(view), features[view]) for view, key in view_keys(schema).items()
+        }
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The join keys this store answers for: event_id, then each entity's key."""
+        return tuple(self._views)
 
     def materialize(self, start: datetime, end: datetime, rows_per_window: int = 50_000) -> int:
         """Write the latest feature values in [start, end) to the online store; returns the rows read.
@@ -221,6 +239,22 @@ class OnlineFeatures:
             self.store.materialize(start_date=lo.to_pydatetime(), end_date=hi.to_pydatetime())
         return len(times)
 
+    def raw_features(self, keys: dict[str, list]) -> dict[str, list]:
+        """Raw feature values {feature: one value per row} of the views keyed by `keys`; None where unknown."""
+        unknown = [k for k in keys if k not in self._views]
+        if unknown:
+            raise ValueError(f"online lookup: {unknown} are not join keys of {self.schema.name!r}; known: {self.keys}")
+        found: dict[str, list] = {}
+        for key, values in keys.items():
+            view, features = self._views[key]
+            distinct = list(dict.fromkeys(v for v in values if v is not None))
+            entity_keys = [EntityKeyProto(join_keys=[key], entity_values=[_value_proto(v)]) for v in distinct]
+            read = self._provider.online_read(self.store.config, view, entity_keys, features) if distinct else []
+            by_key = {v: record or {} for v, (_, record) in zip(distinct, read)}
+            for feature in features:
+                found[feature] = [_python_value(by_key.get(v, {}).get(feature)) for v in values]
+        return found
+
     def lookup(self, keys: dict[str, list], request: dict[str, list] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Features for the given entity keys (e.g. {"event_id": [...]} or {"device_id": [...], ...}).
 
@@ -230,7 +264,16 @@ class OnlineFeatures:
         sizes = {len(v) for v in (*keys.values(), *(request or {}).values())}
         if len(sizes) != 1:
             raise ValueError(f"online lookup: keys and request fields must have equal lengths, got {sorted(sizes)}")
-        refs = [ref for key in keys for ref in self._refs.get(key, ())]
-        rows = [dict(zip(keys, values)) for values in zip(*keys.values())]
-        found = self.store.get_online_features(features=refs, entity_rows=rows).to_dict() if refs else {}
-        return self.transform.transform({**found, **keys, **(request or {})})
+        return self.transform.transform({**self.raw_features(keys), **keys, **(request or {})})
+
+
+def _value_proto(value) -> ValueProto:
+    """A join key as Feast's Value: event ids are INT64, entity keys STRING (see features.feast_repo)."""
+    if isinstance(value, int | np.integer):
+        return ValueProto(int64_val=int(value))
+    return ValueProto(string_val=str(value))
+
+
+def _python_value(value: ValueProto | None):
+    kind = value.WhichOneof("val") if value is not None else None
+    return getattr(value, kind) if kind and kind != "null_val" else None

@@ -7,6 +7,7 @@ fitted transform is a versioned JSON artifact used by training, Feast lookups an
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -180,6 +181,10 @@ class FeatureTransform:
             for c in data["categorical"]
         )
         return cls(data["schema"], tuple(data["dense"]), encodings)
+
+    def sha256(self) -> str:
+        """Digest of the fitted transform: a served model and its client must agree on it."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict()) + "\n")

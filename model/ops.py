@@ -130,8 +130,11 @@ class DotProduct(Operator):
         self.tokens = dot_product_tokens(width)
         self.dense_proj = Projection(inputs.dense, EMBEDDING_DIM, layernorm)
         self.token_proj = TokenProjection(inputs.sparse, self.tokens, layernorm)
-        # Row-major lower-triangle order: the pairs of k' < k tokens are a prefix of those of k.
+        # Row-major lower-triangle order: the pairs of k' < k tokens are a prefix of those of k, so a subnet
+        # run with the supernet's buffers (see model.supernet) takes the leading `pairs` of them.
         self.out_proj = Projection(self.pairs, width, layernorm)
+        pairs = torch.tril_indices(self.tokens + 1, self.tokens + 1, offset=-1)  # (2, pairs)
+        self.register_buffer("pair_index", pairs, persistent=False)
 
     @property
     def pairs(self) -> int:
@@ -140,7 +143,7 @@ class DotProduct(Operator):
     def forward(self, x: BlockInputs) -> Tensor:
         tokens = torch.cat([self.dense_proj(x.dense).unsqueeze(1), self.token_proj(x.sparse)], dim=1)  # (B, k+1, 16)
         gram = torch.bmm(tokens, tokens.transpose(1, 2))  # (B, k+1, k+1)
-        rows, cols = torch.tril_indices(self.tokens + 1, self.tokens + 1, offset=-1, device=gram.device)
+        rows, cols = self.pair_index[:, : self.pairs]  # a buffer, not built per call: export sees constants
         return self.out_proj(gram[:, rows, cols])  # (B, d)
 
     def macs(self) -> int:

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from serving.errors import SERVING_ERRORS
+
 OPTIMIZER_NAMES = ("adagrad", "adam")  # model.training.OPTIMIZERS, named here so --help needs no torch import
 FINETUNE_SPLITS = ("train", "validation")  # pipelines.steps.FINETUNE_SPLITS, likewise
 
@@ -202,6 +204,59 @@ def cmd_rank_corr(args: argparse.Namespace) -> None:
     )
     result = rank_corr(args.supernet, args.data, args.out, run, _device(args))
     print(json.dumps({k: v for k, v in result.items() if k != "run"}, indent=2))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from serving.export import export_model
+
+    result = export_model(args.model, args.out, args.data, args.rows, args.external_data)
+    parity = result.parity
+    print(
+        f"wrote {result.model}: ONNX Runtime matches PyTorch on {parity['rows']} validation rows "
+        f"(max abs diff {parity['max_abs_diff']:.2e} <= {parity['tolerance']:g})"
+    )
+
+
+def cmd_deploy(args: argparse.Namespace) -> None:
+    from serving.repository import ServingConfig, add_version
+
+    config = ServingConfig(
+        variant=args.variant,
+        instance_kind=args.instance_kind,
+        instances=args.instances,
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_us=args.max_queue_delay_us,
+        tensorrt=args.tensorrt,
+    )
+    folder = add_version(args.export, args.repository, args.model, config, args.version)
+    print(f"wrote {folder}")
+    if args.url:
+        from serving.client import load_model
+
+        load_model(args.url, args.model)
+        print(f"loaded {args.model} version {folder.name} into {args.url}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from serving.server import TritonRuntime, TritonServer, serve_forever
+
+    server = TritonServer(
+        args.repository,
+        runtime=TritonRuntime.find(args.runtime_env),
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        log_file=args.log_file,
+    )
+    sys.exit(serve_forever(server))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from serving.client import CTRClient, read_rows
+
+    with CTRClient.from_repository(args.url, args.repository, args.model, args.feature_repo) as client:
+        probabilities = client.predict(read_rows(args.rows, client.bundle.schema))
+    print("\n".join(f"{p:.6f}" for p in probabilities))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -462,7 +517,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, *SERVING_ERRORS) as err:
         sys.exit(f"nasrec {args.command}: error: {err}")
 
 

@@ -441,6 +441,7 @@ def finetune(
         "winner": {**winner, "test": test, "mflops": mflops, "parameters": parameters},
         "candidates": candidates,
         "run": asdict(run),
+        "data": str(Path(data_dir).resolve()),  # what export checks the model on by default
     }
     write_json(winner_dir / "metrics.json", metrics)
     print(f"winner: candidate {winner['rank']}: test AUC {test['auc']:.4f}, log loss {test['log_loss']:.4f}")

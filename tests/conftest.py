@@ -1,10 +1,21 @@
-"""Fixtures shared by the model-step tests: a small synthetic Criteo-format log ingested through Feast."""
+"""Fixtures shared by the tests: the shared real samples, and a small synthetic Criteo-format log ingested."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+RAW = {"criteo": SHARED_DATA / "criteo_kaggle_10k" / "train.txt", "avazu": SHARED_DATA / "avazu_10k" / "train.csv"}
+
+
+def shared(name: str) -> Path:
+    """The raw file of a shared sample; skips the test, with the reason, when ../shared/data lacks it."""
+    path = RAW[name]
+    if not path.exists():
+        pytest.skip(f"shared data sample {path} is absent")
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +30,23 @@ def ingested(tmp_path_factory: pytest.TempPathFactory) -> Path:
     raw = write_synthetic_log(schema, folder / "raw.txt", rows=20_000, seed=3, cardinality=50)
     ingest(schema, [raw], folder / "data", SplitSpec())
     return folder / "data"
+
+
+@pytest.fixture(scope="session")
+def ingest_shared(tmp_path_factory: pytest.TempPathFactory):
+    """`ingest_shared(name)` -> (raw file, IngestResult): a shared sample ingested through Feast with fold 0 of
+    the fixed protocol, once per session (Avazu's entity views make it take about a minute)."""
+    from features.ingest import SplitSpec, ingest
+    from features.schema import builtin_schema
+
+    done = {}
+
+    def get(name: str):
+        if name not in done:
+            raw = shared(name)
+            out = tmp_path_factory.mktemp(f"shared_{name}")
+            split = SplitSpec(folds=raw.parent / "folds.csv", fold=0)
+            done[name] = raw, ingest(builtin_schema(name), [raw], out, split)
+        return done[name]
+
+    return get

@@ -1,0 +1,253 @@
+"""The CTR client: raw feature rows in, click probabilities out, over Triton's gRPC API.
+
+A row is a mapping of the schema's raw column names to raw values, as in the log. The client checks each
+row, fetches entity features from the Feast online store when the schema has entities (the row then
+carries the entity keys, not the entity's features), applies the served model's fitted feature transform
+(the same code as training; unseen categories become id 0), batches the rows and calls Triton.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from features.schema import DatasetSchema
+from features.transform import FeatureTransform
+from serving.errors import RowError, ServingError
+from serving.interface import DENSE_INPUT, OUTPUT, SPARSE_INPUT
+from serving.repository import TRANSFORM_PARAMETER, versions
+
+DEFAULT_MODEL = "nasrec_ctr"
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """What a client needs of one served version: its transform and schema (from the version directory)."""
+
+    transform: FeatureTransform
+    schema: DatasetSchema
+    feature_repo: Path | None
+    version: int
+
+    @classmethod
+    def load(cls, repository: Path, model: str = DEFAULT_MODEL, version: int | None = None) -> ModelBundle:
+        """The bundle of `version` of `model` in a Triton model repository (default: the latest)."""
+        model_dir = Path(repository) / model
+        available = versions(model_dir)
+        if not available:
+            raise FileNotFoundError(f"{model_dir}: no model versions; write one with `nasrec deploy`")
+        version = available[-1] if version is None else version
+        if version not in available:
+            raise FileNotFoundError(f"{model_dir}: no version {version}; there are {available}")
+        folder = model_dir / str(version)
+        record = json.loads((folder / "export.json").read_text())
+        feature_repo = record.get("feature_repo")
+        return cls(
+            FeatureTransform.load(folder / "transform.json"),
+            DatasetSchema.load(folder / "schema.yaml"),
+            Path(feature_repo) if feature_repo else None,
+            version,
+        )
+
+
+class RowChecker:
+    """Turns request rows into raw columns, naming the row and field of anything malformed."""
+
+    def __init__(self, schema: DatasetSchema):
+        owned = schema.entity_features
+        self.fields = tuple(f for f in (*schema.dense, *schema.categorical_names) if f not in owned)
+        self.dense = frozenset(schema.dense)
+        self._expected = frozenset(self.fields)
+
+    def columns(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, list]:
+        for index, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise RowError(f"row {index}: expected a mapping of field names to values, got {type(row).__name__}")
+            if row.keys() != self._expected:
+                self._report_fields(index, row)
+        columns = {name: [row[name] for row in rows] for name in self.fields}
+        for name, values in columns.items():
+            self._check_types(name, values)
+        return columns
+
+    def _report_fields(self, index: int, row: Mapping[str, Any]) -> None:
+        missing = [f for f in self.fields if f not in row]
+        extra = sorted(str(f) for f in row if f not in self._expected)
+        problems = [f"missing fields {missing}" if missing else "", f"unknown fields {extra}" if extra else ""]
+        raise RowError(f"row {index}: " + "; ".join(p for p in problems if p))
+
+    def _check_types(self, name: str, values: list) -> None:
+        if name in self.dense:
+            allowed, wanted = (int, float, type(None)), "a number or null"
+        else:
+            allowed, wanted = (str, int, type(None)), "a string, an integer or null"
+        for index, value in enumerate(values):
+            if not isinstance(value, allowed) or isinstance(value, bool):
+                raise RowError(f"row {index}: field {name!r}: expected {wanted}, got {type(value).__name__} {value!r}")
+            if name in self.dense and isinstance(value, float) and math.isinf(value):
+                raise RowError(f"row {index}: field {name!r}: {value!r} is not a finite number")
+
+
+class CTRClient:
+    """Click probabilities from a Triton server for raw feature rows."""
+
+    def __init__(
+        self,
+        url: str,
+        bundle: ModelBundle,
+        model: str = DEFAULT_MODEL,
+        feature_repo: Path | None = None,
+        max_batch_size: int = 4096,
+        timeout_s: float = 30.0,
+    ):
+        self.url = url
+        self.model = model
+        self.bundle = bundle
+        self.rows = RowChecker(bundle.schema)
+        self.max_batch_size = max_batch_size
+        self.timeout_s = timeout_s
+        self.online = None
+        if bundle.schema.entities:
+            from features.ingest import OnlineFeatures  # Feast: only for schemas with entities
+
+            repo = feature_repo or bundle.feature_repo
+            if repo is None or not Path(repo).exists():
+                raise FileNotFoundError(
+                    f"schema {bundle.schema.name!r} has entities: the client needs the Feast feature repo "
+                    f"(got {repo}); pass feature_repo"
+                )
+            self.online = OnlineFeatures(Path(repo), bundle.schema, bundle.transform)
+        self._client = grpcclient.InferenceServerClient(url)
+        self._check_server()
+
+    @classmethod
+    def from_repository(
+        cls, url: str, repository: Path, model: str = DEFAULT_MODEL, feature_repo: Path | None = None, **options: Any
+    ) -> CTRClient:
+        """A client for the latest version of `model` in the Triton model repository the server serves."""
+        return cls(url, ModelBundle.load(repository, model), model, feature_repo, **options)
+
+    def _check_server(self) -> None:
+        try:
+            live = self._client.is_server_live(client_timeout=self.timeout_s)
+        except InferenceServerException as error:
+            raise ServingError(f"Triton at {self.url} is not reachable: {error.message()}") from None
+        if not live:
+            raise ServingError(f"Triton at {self.url} is not live")
+        if not self._call(self._client.is_model_ready, self.model):
+            raise ServingError(f"Triton at {self.url}: model {self.model!r} is not ready (loaded? still loading?)")
+        config = self._call(self._client.get_model_config, self.model).config
+        served = config.parameters[TRANSFORM_PARAMETER].string_value
+        if served and served != self.bundle.transform.sha256():
+            raise ServingError(
+                f"Triton at {self.url}: model {self.model!r} was trained with feature transform {served[:12]}, "
+                f"this client holds {self.bundle.transform.sha256()[:12]} (version {self.bundle.version}): reload it"
+            )
+
+    def _call(self, method, *args: Any, **kwargs: Any):
+        try:
+            return method(*args, client_timeout=self.timeout_s, **kwargs)
+        except InferenceServerException as error:
+            raise ServingError(f"Triton at {self.url}, model {self.model!r}: {error.message()}") from None
+
+    def features(self, rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        """Model-ready (dense, sparse) arrays for raw rows: checked, entity features fetched, transformed."""
+        if not rows:
+            raise RowError("no rows to score")
+        columns = self.rows.columns(rows)
+        if self.online is not None:
+            keys = {e.key: columns[e.key] for e in self.bundle.schema.entities}
+            columns |= self.online.raw_features(keys)
+        return self.bundle.transform.transform(columns)
+
+    def predict(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Click probabilities, one per row (float32)."""
+        return self.predict_arrays(*self.features(rows))
+
+    def predict_arrays(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+        """Probabilities for model-ready arrays, sent in requests of at most `max_batch_size` rows."""
+        parts = [
+            self._infer(dense[start : start + self.max_batch_size], sparse[start : start + self.max_batch_size])
+            for start in range(0, len(dense), self.max_batch_size)
+        ]
+        return np.concatenate(parts)
+
+    def _infer(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+        inputs = [
+            grpcclient.InferInput(DENSE_INPUT, list(dense.shape), "FP32"),
+            grpcclient.InferInput(SPARSE_INPUT, list(sparse.shape), "INT64"),
+        ]
+        inputs[0].set_data_from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
+        inputs[1].set_data_from_numpy(np.ascontiguousarray(sparse, dtype=np.int64))
+        result = self._call(self._client.infer, self.model, inputs, outputs=[grpcclient.InferRequestedOutput(OUTPUT)])
+        probability = result.as_numpy(OUTPUT)
+        if probability is None or probability.shape != (len(dense), 1):
+            shape = None if probability is None else probability.shape
+            raise ServingError(f"Triton at {self.url}: expected {len(dense)} probabilities, got shape {shape}")
+        return probability[:, 0]
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:  # dropped now, so tritonclient's __del__ runs while grpc is still alive
+            client.close()
+
+    def __enter__(self) -> CTRClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_model(url: str, model: str, timeout_s: float = 120.0) -> None:
+    """Ask a server in explicit model control to (re)load `model`: its newest version takes over once ready."""
+    with grpcclient.InferenceServerClient(url) as client:
+        try:
+            client.load_model(model, client_timeout=timeout_s)
+        except InferenceServerException as error:
+            raise ServingError(f"Triton at {url}: loading {model!r} failed: {error.message()}") from None
+
+
+def read_rows(path: Path, schema: DatasetSchema) -> list[dict[str, Any]]:
+    """Raw rows from a .jsonl file (an object per line) or a .csv file with a header.
+
+    CSV values are text: dense fields are parsed as numbers and empty cells become null, as the raw
+    readers do; errors name the line.
+    """
+    path = Path(path)
+    if path.suffix == ".csv":
+        with path.open(newline="") as f:
+            return [_typed(row, schema, f"{path}:{line}") for line, row in enumerate(csv.DictReader(f), start=2)]
+    rows = []
+    with path.open() as f:
+        for line, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                rows.append(json.loads(text))
+            except json.JSONDecodeError as error:
+                raise RowError(f"{path}:{line}: not a JSON object: {error}") from None
+    return rows
+
+
+def _typed(row: dict[str, str], schema: DatasetSchema, where: str) -> dict[str, Any]:
+    typed: dict[str, Any] = {}
+    for name, text in row.items():
+        if text is None or text == "":
+            typed[name] = None
+        elif name in schema.dense:
+            try:
+                typed[name] = float(text)
+            except ValueError:
+                raise RowError(f"{where}: field {name!r}: {text!r} is not a number") from None
+        else:
+            typed[name] = text
+    return typed

@@ -1,0 +1,6 @@
+"""The served model's interface, shared by the exporter, the repository writer and the client (no torch here)."""
+
+MODEL_FILE = "model.onnx"
+DENSE_INPUT = "dense"  # float32 (B, n_dense), transformed dense features
+SPARSE_INPUT = "sparse"  # int64 (B, n_sparse), category ids (0: missing or unseen)
+OUTPUT = "probability"  # float32 (B, 1), the click probability

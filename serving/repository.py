@@ -1,0 +1,181 @@
+"""Triton model repositories for exported models: `<repo>/<model>/config.pbtxt` and `<repo>/<model>/<version>/`.
+
+Two variants serve the same `model.onnx`:
+- `production`: Triton's ONNX Runtime backend (`platform: "onnxruntime_onnx"`), GPU or CPU instances,
+  optionally the TensorRT execution accelerator: what the NGC Triton image runs on a cluster;
+- `local`: a Python-backend model (`serving/triton_model.py`) running ONNX Runtime in the serving runtime
+  environment: what the `tritonserver` binary of the nvidia-pytriton wheel runs here, having no ONNX backend.
+
+`config.pbtxt` is built from Triton's own `ModelConfig` protobuf. Each version directory also holds the
+export's `transform.json`, `schema.yaml` and `export.json`, so a client can use the transform the served
+version was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from serving.interface import DENSE_INPUT, MODEL_FILE, OUTPUT, SPARSE_INPUT
+
+VARIANTS = ("local", "production")
+INSTANCE_KINDS = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}
+CONFIG_FILE = "config.pbtxt"
+BUNDLE_FILES = ("transform.json", "schema.yaml", "export.json")  # beside model.onnx in each version
+PYTHON_MODEL = Path(__file__).with_name("triton_model.py")
+TRANSFORM_PARAMETER = "nasrec_feature_transform_sha256"
+THREADS_PARAMETER = "onnx_intra_op_threads"
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """How Triton runs the model. The defaults suit the local 2-core machine; a cluster overlay sets its own."""
+
+    variant: str = "local"
+    max_batch_size: int = 4096
+    preferred_batch_sizes: tuple[int, ...] = (64, 512)
+    max_queue_delay_us: int = 100
+    instance_kind: str = "cpu"
+    instances: int = 1
+    tensorrt: bool = False  # production on GPU: ONNX Runtime's TensorRT execution provider
+    tensorrt_precision: str = "FP16"
+    warmup_batch_sizes: tuple[int, ...] = (1, 512)
+    onnx_threads: int = 1  # intra-op threads per instance (local variant)
+    versions_served: int = 1  # the latest N versions stay loaded
+    extra_parameters: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant: one of {list(VARIANTS)}, got {self.variant!r}")
+        if self.instance_kind not in INSTANCE_KINDS:
+            raise ValueError(f"instance_kind: one of {sorted(INSTANCE_KINDS)}, got {self.instance_kind!r}")
+        if self.variant == "local" and self.instance_kind != "cpu":
+            raise ValueError("instance_kind: the local variant runs ONNX Runtime on CPU; use the production variant")
+        if self.tensorrt and (self.variant != "production" or self.instance_kind != "gpu"):
+            raise ValueError("tensorrt: needs variant 'production' with instance_kind 'gpu'")
+        if self.max_batch_size < 1 or self.instances < 1 or self.onnx_threads < 1 or self.versions_served < 1:
+            raise ValueError("max_batch_size, instances, onnx_threads and versions_served must be >= 1")
+        too_large = [b for b in (*self.preferred_batch_sizes, *self.warmup_batch_sizes) if b > self.max_batch_size]
+        if too_large:
+            raise ValueError(f"batch sizes {too_large} exceed max_batch_size {self.max_batch_size}")
+
+
+def model_config(
+    name: str, num_dense: int, num_sparse: int, transform_sha256: str, config: ServingConfig
+) -> mc.ModelConfig:
+    """The `ModelConfig` of an exported CTR model with these input widths."""
+    model = mc.ModelConfig(name=name, max_batch_size=config.max_batch_size)
+    if config.variant == "production":
+        model.platform = "onnxruntime_onnx"
+        model.default_model_filename = MODEL_FILE
+    else:
+        model.backend = "python"
+        model.parameters[THREADS_PARAMETER].string_value = str(config.onnx_threads)
+    model.version_policy.latest.num_versions = config.versions_served
+    model.input.add(name=DENSE_INPUT, data_type=mc.TYPE_FP32, dims=[num_dense])
+    model.input.add(name=SPARSE_INPUT, data_type=mc.TYPE_INT64, dims=[num_sparse])
+    model.output.add(name=OUTPUT, data_type=mc.TYPE_FP32, dims=[1])
+    model.dynamic_batching.preferred_batch_size.extend(config.preferred_batch_sizes)
+    model.dynamic_batching.max_queue_delay_microseconds = config.max_queue_delay_us
+    model.instance_group.add(kind=INSTANCE_KINDS[config.instance_kind], count=config.instances)
+    if config.tensorrt:
+        accelerator = model.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        accelerator.parameters["precision_mode"] = config.tensorrt_precision
+    for batch in config.warmup_batch_sizes:
+        warmup = model.model_warmup.add(name=f"batch_{batch}", batch_size=batch, count=1)
+        warmup.inputs[DENSE_INPUT].CopyFrom(
+            mc.ModelWarmup.Input(data_type=mc.TYPE_FP32, dims=[num_dense], zero_data=True)
+        )
+        warmup.inputs[SPARSE_INPUT].CopyFrom(
+            mc.ModelWarmup.Input(data_type=mc.TYPE_INT64, dims=[num_sparse], zero_data=True)
+        )
+    model.parameters[TRANSFORM_PARAMETER].string_value = transform_sha256
+    for key, value in config.extra_parameters.items():
+        model.parameters[key].string_value = value
+    return model
+
+
+def write_config(path: Path, config: mc.ModelConfig) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text_format.MessageToString(config))
+    partial.replace(path)
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    """Parse a `config.pbtxt` back into a `ModelConfig` (what Triton reads), naming the file on errors."""
+    try:
+        return text_format.Parse(Path(path).read_text(), mc.ModelConfig())
+    except text_format.ParseError as error:
+        raise ValueError(f"{path}: not a valid Triton model config: {error}") from None
+
+
+def versions(model_dir: Path) -> list[int]:
+    """The numbered version directories of a model, in order."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def add_version(
+    export_dir: Path, repository: Path, name: str, config: ServingConfig, version: int | None = None
+) -> Path:
+    """Add the export in `export_dir` as a version of model `name` (the next one by default); returns its folder.
+
+    The version directory is assembled beside the repository and renamed into place, so a Triton server
+    polling the repository never sees half of it. A version that exists is refused, not overwritten.
+    """
+    export_dir, repository = Path(export_dir), Path(repository)
+    record = _read_export(export_dir)
+    model_dir = repository / name
+    existing = versions(model_dir)
+    version = version if version is not None else (existing[-1] + 1 if existing else 1)
+    if version < 1:
+        raise ValueError(f"version: must be >= 1, got {version}")
+    if version in existing:
+        raise FileExistsError(f"{model_dir / str(version)}: version {version} exists; versions are immutable")
+    schema = json.loads(record["metadata"]["input_schema"])
+    new_config = model_config(
+        name, schema["num_dense"], len(schema["cardinalities"]), record["metadata"]["feature_transform_sha256"], config
+    )
+    config_path = model_dir / CONFIG_FILE
+    if config_path.exists():
+        _check_same_interface(read_config(config_path), new_config, config_path)
+    staging = repository.parent / f".{repository.name}.staging" / name / str(version)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        for item in export_dir.iterdir():
+            if item.name.startswith(MODEL_FILE) or item.name in BUNDLE_FILES:
+                shutil.copy2(item, staging / item.name)
+        if config.variant == "local":
+            shutil.copy2(PYTHON_MODEL, staging / "model.py")
+        model_dir.mkdir(parents=True, exist_ok=True)
+        write_config(config_path, new_config)
+        os.replace(staging, model_dir / str(version))
+    finally:
+        shutil.rmtree(staging.parents[1], ignore_errors=True)
+    return model_dir / str(version)
+
+
+def _read_export(export_dir: Path) -> dict:
+    missing = [f for f in (MODEL_FILE, *BUNDLE_FILES) if not (export_dir / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{export_dir}: lacks {missing}; is it the output of `nasrec export`?")
+    return json.loads((export_dir / "export.json").read_text())
+
+
+def _check_same_interface(current: mc.ModelConfig, new: mc.ModelConfig, path: Path) -> None:
+    """A new version must take the same inputs and be served the same way, or it needs its own model name."""
+    if list(current.input) != list(new.input) or list(current.output) != list(new.output):
+        raise ValueError(f"{path}: the new version's inputs or outputs differ from the model's; use a new model name")
+    if (current.platform, current.backend) != (new.platform, new.backend):
+        raise ValueError(
+            f"{path}: the model is served by {current.platform or current.backend!r}, the new version by "
+            f"{new.platform or new.backend!r}; use a new model name"
+        )

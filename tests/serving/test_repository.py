@@ -1,0 +1,89 @@
+"""Triton model repositories: config.pbtxt from Triton's ModelConfig protobuf, parsed back; immutable versions."""
+
+from __future__ import annotations
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from serving.repository import (
+    CONFIG_FILE,
+    THREADS_PARAMETER,
+    TRANSFORM_PARAMETER,
+    ServingConfig,
+    add_version,
+    read_config,
+    versions,
+)
+from tests.serving.conftest import Exported
+
+
+def test_the_local_variant_is_a_python_backend_model_running_onnx_runtime(criteo_exported: Exported, tmp_path) -> None:
+    folder = add_version(criteo_exported.exports[0], tmp_path, "ctr", ServingConfig(instances=2, onnx_threads=1))
+    config = read_config(tmp_path / "ctr" / CONFIG_FILE)
+    assert folder == tmp_path / "ctr" / "1"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "export.json",
+        "model.onnx",
+        "model.py",
+        "schema.yaml",
+        "transform.json",
+    ]
+    assert config.backend == "python" and not config.platform
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
+        ("dense", mc.TYPE_FP32, [13]),
+        ("sparse", mc.TYPE_INT64, [26]),
+    ]
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [("probability", mc.TYPE_FP32, [1])]
+    assert config.max_batch_size == 4096
+    assert list(config.dynamic_batching.preferred_batch_size) == [64, 512]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 100
+    assert [(g.kind, g.count) for g in config.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 2)]
+    assert [(w.name, w.batch_size) for w in config.model_warmup] == [("batch_1", 1), ("batch_512", 512)]
+    assert all(w.inputs["sparse"].zero_data and list(w.inputs["dense"].dims) == [13] for w in config.model_warmup)
+    assert config.parameters[THREADS_PARAMETER].string_value == "1"
+    transform_sha = (criteo_exported.exports[0] / "export.json").read_text()
+    assert config.parameters[TRANSFORM_PARAMETER].string_value in transform_sha
+    assert config.version_policy.latest.num_versions == 1
+
+
+def test_the_production_variant_runs_triton_onnx_runtime_on_gpus_with_tensorrt(
+    criteo_exported: Exported, tmp_path
+) -> None:
+    serving = ServingConfig(variant="production", instance_kind="gpu", tensorrt=True, preferred_batch_sizes=(256,))
+    folder = add_version(criteo_exported.exports[0], tmp_path, "ctr", serving)
+    config = read_config(tmp_path / "ctr" / CONFIG_FILE)
+    assert config.platform == "onnxruntime_onnx" and not config.backend
+    assert config.default_model_filename == "model.onnx" and not (folder / "model.py").exists()
+    assert [(g.kind, g.count) for g in config.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, 1)]
+    (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
+    assert list(config.dynamic_batching.preferred_batch_size) == [256]
+
+
+def test_versions_are_numbered_immutable_and_keep_one_interface(criteo_exported: Exported, tmp_path) -> None:
+    for export in criteo_exported.exports:
+        add_version(export, tmp_path, "ctr", ServingConfig())
+    assert versions(tmp_path / "ctr") == [1, 2]
+    with pytest.raises(FileExistsError, match="version 2 exists"):
+        add_version(criteo_exported.exports[0], tmp_path, "ctr", ServingConfig(), version=2)
+    with pytest.raises(ValueError, match=r"served by 'python'.*'onnxruntime_onnx'"):
+        add_version(criteo_exported.exports[0], tmp_path, "ctr", ServingConfig(variant="production"))
+    assert versions(tmp_path / "ctr") == [1, 2]
+    assert not list(tmp_path.glob(".*staging*"))  # versions are assembled aside and leave nothing behind
+
+
+def test_an_unservable_config_is_refused_with_the_field_at_fault(tmp_path) -> None:
+    with pytest.raises(ValueError, match="variant"):
+        ServingConfig(variant="cloud")
+    with pytest.raises(ValueError, match="tensorrt: needs variant 'production'"):
+        ServingConfig(tensorrt=True)
+    with pytest.raises(ValueError, match="instance_kind: the local variant runs ONNX Runtime on CPU"):
+        ServingConfig(instance_kind="gpu")
+    with pytest.raises(ValueError, match=r"batch sizes \[512\] exceed max_batch_size 256"):
+        ServingConfig(max_batch_size=256, preferred_batch_sizes=(64,))
+    with pytest.raises(FileNotFoundError, match="is it the output of `nasrec export`"):
+        add_version(tmp_path, tmp_path / "repo", "ctr", ServingConfig())
+    broken = tmp_path / CONFIG_FILE
+    broken.write_text("max_batch_size: many\n")
+    with pytest.raises(ValueError, match="not a valid Triton model config"):
+        read_config(broken)
