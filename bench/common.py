@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from model.network import InputSchema
@@ -73,6 +74,12 @@ def median_seconds(fn: Callable[[], object], repeats: int, sync: Callable[[], No
 def summary(times: list[float], batch_size: int) -> dict[str, float]:
     median = statistics.median(times)
     return {"median_step_ms": median * 1e3, "samples_per_s": batch_size / median, "steps": len(times)}
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """p50 and p99 of durations in seconds, in milliseconds."""
+    ms = np.array(samples) * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "n": len(samples)}
 
 
 def add_json_argument(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
-from bench.common import add_json_argument, write_json
+from bench.common import add_json_argument, percentiles, write_json
 from features.ingest import OnlineFeatures, SplitSpec, ingest
 from features.loader import SplitLoader
 from features.prefetch import prefetch
@@ -29,11 +29,6 @@ from model.network import InputSchema, NASRecNet
 from model.sampling import ArchitectureSampler
 from model.space import get_space
 from model.training import Batch, SliceAdagrad, network_step
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ms = np.array(samples) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "n": len(samples)}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -398,7 +398,63 @@ def build_parser() -> argparse.ArgumentParser:
     _validation_options(rank)
     _training_workers_option(rank, "networks from scratch")
     rank.set_defaults(func=cmd_rank_corr)
+    _serving_commands(sub)
     return parser
+
+
+def _serving_commands(sub) -> None:
+    export = sub.add_parser(
+        "export", help="export a fine-tuned NASRecNet to ONNX, checked against PyTorch on validation rows"
+    )
+    export.add_argument("--model", type=Path, required=True, help="fine-tuned model folder (finetune OUT/winner)")
+    export.add_argument("--out", type=Path, required=True, help="output folder (model.onnx, transform, metadata)")
+    export.add_argument("--data", type=Path, help="ingestion folder (default: the one fine-tuning recorded)")
+    export.add_argument("--rows", type=int, default=4096, help="validation rows of the parity check (default: 4096)")
+    export.add_argument(
+        "--external-data",
+        action=argparse.BooleanOptionalAction,
+        help="weights in model.onnx.data beside the graph (default: only when over 2 GiB)",
+    )
+    export.set_defaults(func=cmd_export)
+
+    deploy = sub.add_parser("deploy", help="add an export as a new version of a model in a Triton model repository")
+    deploy.add_argument("--export", type=Path, required=True, help="`nasrec export` output folder")
+    deploy.add_argument("--repository", type=Path, required=True, help="Triton model repository")
+    deploy.add_argument("--model", default="nasrec_ctr", help="model name (default: nasrec_ctr)")
+    deploy.add_argument("--version", type=int, help="version number (default: the next one)")
+    deploy.add_argument(
+        "--variant",
+        choices=("local", "production"),
+        default="local",
+        help="local: Python backend running ONNX Runtime (the local tritonserver); production: Triton's "
+        "onnxruntime_onnx platform (default: local)",
+    )
+    deploy.add_argument("--instance-kind", choices=("cpu", "gpu"), default="cpu", help="(default: cpu)")
+    deploy.add_argument("--instances", type=int, default=1, help="model instances (default: 1)")
+    deploy.add_argument("--max-batch-size", type=int, default=4096, help="(default: 4096)")
+    deploy.add_argument("--max-queue-delay-us", type=int, default=100, help="dynamic batching delay (default: 100)")
+    deploy.add_argument("--tensorrt", action="store_true", help="production on GPU: the TensorRT accelerator")
+    deploy.add_argument("--url", help="a running server (HOST:PORT, gRPC) to load the new version into")
+    deploy.set_defaults(func=cmd_deploy)
+
+    serve = sub.add_parser("serve", help="run the local Triton server on a model repository until SIGTERM or Ctrl-C")
+    serve.add_argument("--repository", type=Path, required=True, help="Triton model repository")
+    serve.add_argument("--grpc-port", type=int, help="(default: a free port)")
+    serve.add_argument("--http-port", type=int, help="(default: a free port)")
+    serve.add_argument("--metrics-port", type=int, help="(default: a free port)")
+    serve.add_argument("--log-file", type=Path, help="(default: beside the repository)")
+    serve.add_argument("--runtime-env", type=Path, help="the Triton runtime environment (default: .venv-triton)")
+    serve.set_defaults(func=cmd_serve)
+
+    predict = sub.add_parser("predict", help="click probabilities for raw rows from a Triton server, one per line")
+    predict.add_argument("--url", required=True, help="Triton gRPC address, HOST:PORT")
+    predict.add_argument("--rows", type=Path, required=True, help="raw rows: .jsonl (an object per line) or .csv")
+    predict.add_argument(
+        "--repository", type=Path, required=True, help="the served model repository (the version's transform)"
+    )
+    predict.add_argument("--model", default="nasrec_ctr", help="model name (default: nasrec_ctr)")
+    predict.add_argument("--feature-repo", type=Path, help="Feast repo for entity features (default: the export's)")
+    predict.set_defaults(func=cmd_predict)
 
 
 def _training_workers_option(parser: argparse.ArgumentParser, what: str) -> None:

@@ -97,6 +97,34 @@ class RowChecker:
                 raise RowError(f"row {index}: field {name!r}: {value!r} is not a finite number")
 
 
+class RequestFeatures:
+    """Raw rows -> model-ready arrays: rows checked, entity features read from the online store, transformed."""
+
+    def __init__(self, bundle: ModelBundle, feature_repo: Path | None = None):
+        self.bundle = bundle
+        self.rows = RowChecker(bundle.schema)
+        self.online = None
+        if bundle.schema.entities:
+            from features.ingest import OnlineFeatures  # Feast: only for schemas with entities
+
+            repo = feature_repo or bundle.feature_repo
+            if repo is None or not Path(repo).exists():
+                raise FileNotFoundError(
+                    f"schema {bundle.schema.name!r} has entities: the client needs the Feast feature repo "
+                    f"(got {repo}); pass feature_repo"
+                )
+            self.online = OnlineFeatures(Path(repo), bundle.schema, bundle.transform)
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        if not rows:
+            raise RowError("no rows to score")
+        columns = self.rows.columns(rows)
+        if self.online is not None:
+            keys = {e.key: columns[e.key] for e in self.bundle.schema.entities}
+            columns |= self.online.raw_features(keys)
+        return self.bundle.transform.transform(columns)
+
+
 class CTRClient:
     """Click probabilities from a Triton server for raw feature rows."""
 
@@ -112,20 +140,9 @@ class CTRClient:
         self.url = url
         self.model = model
         self.bundle = bundle
-        self.rows = RowChecker(bundle.schema)
+        self.features = RequestFeatures(bundle, feature_repo)
         self.max_batch_size = max_batch_size
         self.timeout_s = timeout_s
-        self.online = None
-        if bundle.schema.entities:
-            from features.ingest import OnlineFeatures  # Feast: only for schemas with entities
-
-            repo = feature_repo or bundle.feature_repo
-            if repo is None or not Path(repo).exists():
-                raise FileNotFoundError(
-                    f"schema {bundle.schema.name!r} has entities: the client needs the Feast feature repo "
-                    f"(got {repo}); pass feature_repo"
-                )
-            self.online = OnlineFeatures(Path(repo), bundle.schema, bundle.transform)
         self._client = grpcclient.InferenceServerClient(url)
         self._check_server()
 
@@ -158,16 +175,6 @@ class CTRClient:
             return method(*args, client_timeout=self.timeout_s, **kwargs)
         except InferenceServerException as error:
             raise ServingError(f"Triton at {self.url}, model {self.model!r}: {error.message()}") from None
-
-    def features(self, rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-        """Model-ready (dense, sparse) arrays for raw rows: checked, entity features fetched, transformed."""
-        if not rows:
-            raise RowError("no rows to score")
-        columns = self.rows.columns(rows)
-        if self.online is not None:
-            keys = {e.key: columns[e.key] for e in self.bundle.schema.entities}
-            columns |= self.online.raw_features(keys)
-        return self.bundle.transform.transform(columns)
 
     def predict(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Click probabilities, one per row (float32)."""

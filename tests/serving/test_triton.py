@@ -67,6 +67,8 @@ def test_criteo_raw_rows_get_the_pytorch_probabilities_over_grpc(criteo_exported
 
             bad_requests(client, rows)
             assert np.abs(client.predict(rows[:10]) - v1[:10]).max() <= 1e-5  # still serving
+            with pytest.raises(ServingError, match="model 'absent' is not ready"):
+                CTRClient(server.url, client.bundle, model="absent")
 
             answers = roll_out(client, rows[:64], criteo_exported.exports[1], repository, server.url)
         assert answers["failed"] == []
