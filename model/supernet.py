@@ -88,13 +88,19 @@ class Supernet(nn.Module):
     def run_subnet(self, arch: Architecture, weights: dict[str, Tensor], dense: Tensor, sparse: Tensor) -> Tensor:
         """Run the subnet's network with the given weights (e.g. `subnet_weights(arch)`, or leaves made from them)."""
         skeleton = self._subnet(arch)[0]
-        return functional_call(skeleton, {**weights, **dict(self.network.named_buffers())}, (dense, sparse))
+        return functional_call(skeleton, {**weights, **self._subnet_buffers(skeleton)}, (dense, sparse))
 
     def subnet_head_inputs(self, arch: Architecture, dense: Tensor, sparse: Tensor) -> Tensor:
         """What the subnet's head reads, computed with the inherited weights (for head-only fine-tuning)."""
         skeleton = self._subnet(arch)[0]
-        state = {**self.subnet_weights(arch), **dict(self.network.named_buffers())}
+        state = {**self.subnet_weights(arch), **self._subnet_buffers(skeleton)}
         return functional_call(_HeadInputs(skeleton), {f"net.{k}": v for k, v in state.items()}, (dense, sparse))
+
+    def _subnet_buffers(self, skeleton: NASRecNet) -> dict[str, Tensor]:
+        """The supernet's buffers for a subnet's modules: each is built for the largest size, which serves
+        every smaller one (e.g. the Dot-Product pair indices, whose leading pairs are a smaller operator's)."""
+        buffers = dict(self.network.named_buffers())
+        return {name: buffers[name] for name, _ in skeleton.named_buffers()}
 
     def extract(self, arch: Architecture) -> NASRecNet:
         """A standalone NASRecNet holding copies of the inherited weights."""
