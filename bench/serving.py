@@ -7,7 +7,7 @@
    entity features read from the Feast online store and transformed, at 1 and 512 rows, against the same
    lookup through Feast's SDK (`get_online_features`).
 
-    python -m bench.serving [--json PATH] [--model WINNER_DIR]
+    python -m bench.serving [--json PATH] [--models WINNER_DIR ...]
 
 The client shares the 2 cores with the server, as a sidecar would; the figures are of that setting.
 """
@@ -41,13 +41,14 @@ from model.trainer import load_model
 from pipelines.steps import FinetuneRun, finetune
 from serving.client import ModelBundle, RequestFeatures
 from serving.export import CTRProbability, export_model, onnx_session
+from serving.interface import DEFAULT_MODEL
 from serving.repository import ServingConfig, add_version
 from serving.server import TritonServer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RAW = {"criteo": SHARED / "criteo_kaggle_10k" / "train.txt", "avazu": SHARED / "avazu_10k" / "train.csv"}
 IN_PROCESS_REPEATS = {1: 2000, 64: 500, 512: 200, 4096: 40}  # batch size -> timed calls
-MODEL = "nasrec_ctr"
+MODEL = DEFAULT_MODEL
 
 
 def ingested(name: str, work: Path) -> IngestResult:
@@ -128,15 +129,19 @@ def grpc_latency(url: str, dense: np.ndarray, sparse: np.ndarray, requests: int)
 
 def grpc_concurrency(url: str, dense: np.ndarray, sparse: np.ndarray, clients: int, seconds: float) -> dict:
     """Requests/s with `clients` requests always in flight (async gRPC on one channel, as perf_analyzer's
-    --concurrency-range does): each answer sends that client's next request."""
+    --concurrency-range counts them): each answer sends that client's next request."""
     done, failed = [0], [0]
     lock, stop, drained = threading.Lock(), threading.Event(), threading.Semaphore(0)
     with grpcclient.InferenceServerClient(url) as client:
         inputs = inputs_for(dense, sparse)
 
         def answered(result, error) -> None:
+            try:
+                probability = None if error is not None else result.as_numpy("probability")
+                ok = probability is not None and probability.shape == (len(dense), 1)
+            except Exception:  # a malformed answer is a failure, and the chain goes on
+                ok = False
             with lock:
-                ok = error is None and result.as_numpy("probability").shape == (len(dense), 1)
                 done[0] += ok
                 failed[0] += not ok
             if stop.is_set():

@@ -248,7 +248,7 @@ class OnlineFeatures:
         for key, values in keys.items():
             view, features = self._views[key]
             distinct = list(dict.fromkeys(v for v in values if v is not None))
-            entity_keys = [EntityKeyProto(join_keys=[key], entity_values=[_value_proto(v)]) for v in distinct]
+            entity_keys = [EntityKeyProto(join_keys=[key], entity_values=[_key_value(key, v)]) for v in distinct]
             read = self._provider.online_read(self.store.config, view, entity_keys, features) if distinct else []
             by_key = {v: record or {} for v, (_, record) in zip(distinct, read)}
             for feature in features:
@@ -267,13 +267,12 @@ class OnlineFeatures:
         return self.transform.transform({**self.raw_features(keys), **keys, **(request or {})})
 
 
-def _value_proto(value) -> ValueProto:
-    """A join key as Feast's Value: event ids are INT64, entity keys STRING (see features.feast_repo)."""
-    if isinstance(value, int | np.integer):
-        return ValueProto(int64_val=int(value))
-    return ValueProto(string_val=str(value))
+def _key_value(key: str, value: object) -> ValueProto:
+    """A join key as Feast's Value: event ids are INT64, entity keys STRING (features.feast_repo declares them
+    so), whatever type the caller holds them in: an entity key 123 is looked up as "123"."""
+    return ValueProto(int64_val=int(value)) if key == EVENT_ID else ValueProto(string_val=str(value))
 
 
-def _python_value(value: ValueProto | None):
+def _python_value(value: ValueProto | None) -> object:
     kind = value.WhichOneof("val") if value is not None else None
     return getattr(value, kind) if kind and kind != "null_val" else None

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from serving.errors import SERVING_ERRORS
+from serving.interface import DEFAULT_MODEL
 
 OPTIMIZER_NAMES = ("adagrad", "adam")  # model.training.OPTIMIZERS, named here so --help needs no torch import
 FINETUNE_SPLITS = ("train", "validation")  # pipelines.steps.FINETUNE_SPLITS, likewise
@@ -220,7 +221,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_deploy(args: argparse.Namespace) -> None:
     from serving.repository import ServingConfig, add_version
 
+    fits = {"preferred_batch_sizes": (64, 512), "warmup_batch_sizes": (1, 512)}  # the defaults, within the maximum
     config = ServingConfig(
+        **{name: tuple(min(b, args.max_batch_size) for b in sizes) for name, sizes in fits.items()},
         variant=args.variant,
         instance_kind=args.instance_kind,
         instances=args.instances,
@@ -420,7 +423,7 @@ def _serving_commands(sub) -> None:
     deploy = sub.add_parser("deploy", help="add an export as a new version of a model in a Triton model repository")
     deploy.add_argument("--export", type=Path, required=True, help="`nasrec export` output folder")
     deploy.add_argument("--repository", type=Path, required=True, help="Triton model repository")
-    deploy.add_argument("--model", default="nasrec_ctr", help="model name (default: nasrec_ctr)")
+    deploy.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})")
     deploy.add_argument("--version", type=int, help="version number (default: the next one)")
     deploy.add_argument(
         "--variant",
@@ -452,7 +455,7 @@ def _serving_commands(sub) -> None:
     predict.add_argument(
         "--repository", type=Path, required=True, help="the served model repository (the version's transform)"
     )
-    predict.add_argument("--model", default="nasrec_ctr", help="model name (default: nasrec_ctr)")
+    predict.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})")
     predict.add_argument("--feature-repo", type=Path, help="Feast repo for entity features (default: the export's)")
     predict.set_defaults(func=cmd_predict)
 

@@ -1,1 +1,1 @@
-"""ONNX export, Triton model repository, local Triton launcher and gRPC client (later issues)."""
+"""Serving: ONNX export, Triton model repositories, the local Triton server and the gRPC CTR client."""

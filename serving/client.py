@@ -23,10 +23,8 @@ from tritonclient.utils import InferenceServerException
 from features.schema import DatasetSchema
 from features.transform import FeatureTransform
 from serving.errors import RowError, ServingError
-from serving.interface import DENSE_INPUT, OUTPUT, SPARSE_INPUT
+from serving.interface import DEFAULT_MODEL, DENSE_INPUT, OUTPUT, SPARSE_INPUT
 from serving.repository import TRANSFORM_PARAMETER, versions
-
-DEFAULT_MODEL = "nasrec_ctr"
 
 
 @dataclass(frozen=True)
@@ -163,8 +161,14 @@ class CTRClient:
         if not self._call(self._client.is_model_ready, self.model):
             raise ServingError(f"Triton at {self.url}: model {self.model!r} is not ready (loaded? still loading?)")
         config = self._call(self._client.get_model_config, self.model).config
+        self.max_batch_size = min(self.max_batch_size, config.max_batch_size or self.max_batch_size)
         served = config.parameters[TRANSFORM_PARAMETER].string_value
-        if served and served != self.bundle.transform.sha256():
+        if not served:
+            raise ServingError(
+                f"Triton at {self.url}: model {self.model!r} does not say which feature transform it was trained "
+                f"with (config parameter {TRANSFORM_PARAMETER}); write its repository with `nasrec deploy`"
+            )
+        if served != self.bundle.transform.sha256():
             raise ServingError(
                 f"Triton at {self.url}: model {self.model!r} was trained with feature transform {served[:12]}, "
                 f"this client holds {self.bundle.transform.sha256()[:12]} (version {self.bundle.version}): reload it"

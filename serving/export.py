@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
@@ -157,10 +158,8 @@ def read_metadata(path: Path) -> dict[str, str]:
     return {p.key[len(METADATA_PREFIX) :]: p.value for p in proto.metadata_props if p.key.startswith(METADATA_PREFIX)}
 
 
-def onnx_session(path: Path, threads: int = 1):
+def onnx_session(path: Path, threads: int = 1) -> ort.InferenceSession:
     """An ONNX Runtime CPU session (one intra-op thread: serving scales by instances, not threads)."""
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

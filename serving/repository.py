@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,9 +147,10 @@ def add_version(
     config_path = model_dir / CONFIG_FILE
     if config_path.exists():
         _check_same_interface(read_config(config_path), new_config, config_path)
-    staging = repository.parent / f".{repository.name}.staging" / name / str(version)
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    repository.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{repository.name}.staging-", dir=repository.parent))
+    staging = scratch / str(version)
+    staging.mkdir()
     try:
         for item in export_dir.iterdir():
             if item.name.startswith(MODEL_FILE) or item.name in BUNDLE_FILES:
@@ -156,10 +158,10 @@ def add_version(
         if config.variant == "local":
             shutil.copy2(PYTHON_MODEL, staging / "model.py")
         model_dir.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, model_dir / str(version))  # then the config: it never describes a missing version
         write_config(config_path, new_config)
-        os.replace(staging, model_dir / str(version))
     finally:
-        shutil.rmtree(staging.parents[1], ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return model_dir / str(version)
 
 
@@ -178,4 +180,10 @@ def _check_same_interface(current: mc.ModelConfig, new: mc.ModelConfig, path: Pa
         raise ValueError(
             f"{path}: the model is served by {current.platform or current.backend!r}, the new version by "
             f"{new.platform or new.backend!r}; use a new model name"
+        )
+    served, incoming = (c.parameters[TRANSFORM_PARAMETER].string_value for c in (current, new))
+    if served != incoming:  # clients hold the transform: a new one under the same name would feed it wrong ids
+        raise ValueError(
+            f"{path}: the new version was trained with feature transform {incoming[:12]}, the model's versions "
+            f"with {served[:12]}; clients of this model would send it wrong ids: use a new model name"
         )

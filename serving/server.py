@@ -14,6 +14,7 @@ Running the binary needs, besides the repository:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -100,12 +101,15 @@ class TritonRuntime:
 
     def environment(self) -> dict[str, str]:
         """The process environment tritonserver and its Python stubs need (see the module docstring)."""
-        libdir = subprocess.run(
-            [str(self.python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        try:
+            libdir = subprocess.run(
+                [str(self.python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError) as error:
+            raise TritonError(f"{self.python}: the runtime's interpreter does not run ({error}); recreate it") from None
         env = dict(os.environ)
         libraries = [str(self.site_packages / "nvidia_pytriton.libs"), libdir, env.get("LD_LIBRARY_PATH", "")]
         env["LD_LIBRARY_PATH"] = ":".join(p for p in libraries if p)
@@ -189,6 +193,7 @@ class TritonServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: the stubs are stopped with it
+                preexec_fn=_terminate_with_parent,
             )
         try:
             self._wait_ready(timeout_s)
@@ -238,6 +243,12 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _terminate_with_parent() -> None:
+    """In the child: SIGTERM it when this process dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

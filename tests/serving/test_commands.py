@@ -34,11 +34,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def processes_serving(repository: Path) -> list[int]:
-    """Pids of live processes whose command line names the repository (tritonserver, or its stubs)."""
+    """Pids of live tritonserver and Python-stub processes whose command line names the repository."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and str(repository) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+            command = (proc / "cmdline").read_bytes().decode(errors="replace") if proc.name.isdigit() else ""
+            if str(repository) in command and ("tritonserver" in command or "python_backend_stub" in command):
                 found.append(int(proc.name))
         except OSError:
             continue

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
+from features.transform import FeatureTransform
 from serving.repository import (
     CONFIG_FILE,
     THREADS_PARAMETER,
@@ -41,8 +45,8 @@ def test_the_local_variant_is_a_python_backend_model_running_onnx_runtime(criteo
     assert [(w.name, w.batch_size) for w in config.model_warmup] == [("batch_1", 1), ("batch_512", 512)]
     assert all(w.inputs["sparse"].zero_data and list(w.inputs["dense"].dims) == [13] for w in config.model_warmup)
     assert config.parameters[THREADS_PARAMETER].string_value == "1"
-    transform_sha = (criteo_exported.exports[0] / "export.json").read_text()
-    assert config.parameters[TRANSFORM_PARAMETER].string_value in transform_sha
+    transform = FeatureTransform.load(criteo_exported.exports[0] / "transform.json")
+    assert config.parameters[TRANSFORM_PARAMETER].string_value == transform.sha256()
     assert config.version_policy.latest.num_versions == 1
 
 
@@ -68,6 +72,13 @@ def test_versions_are_numbered_immutable_and_keep_one_interface(criteo_exported:
         add_version(criteo_exported.exports[0], tmp_path, "ctr", ServingConfig(), version=2)
     with pytest.raises(ValueError, match=r"served by 'python'.*'onnxruntime_onnx'"):
         add_version(criteo_exported.exports[0], tmp_path, "ctr", ServingConfig(variant="production"))
+    retrained = tmp_path / "retrained"  # trained on re-ingested data: another transform
+    shutil.copytree(criteo_exported.exports[1], retrained)
+    record = json.loads((retrained / "export.json").read_text())
+    record["metadata"]["feature_transform_sha256"] = "0" * 64
+    (retrained / "export.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"trained with feature transform 000000000000.*use a new model name"):
+        add_version(retrained, tmp_path, "ctr", ServingConfig())
     assert versions(tmp_path / "ctr") == [1, 2]
     assert not list(tmp_path.glob(".*staging*"))  # versions are assembled aside and leave nothing behind
 

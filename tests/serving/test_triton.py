@@ -20,12 +20,13 @@ from features.schema import DatasetSchema
 from serving.client import CTRClient, load_model
 from serving.errors import RowError, ServingError
 from serving.export import CTRProbability
+from serving.interface import DEFAULT_MODEL
 from serving.repository import ServingConfig, add_version
 from serving.server import TritonServer
 from tests.conftest import shared
 from tests.serving.conftest import Exported, raw_rows
 
-MODEL = "nasrec_ctr"
+MODEL = DEFAULT_MODEL
 
 
 def torch_probabilities(net, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
