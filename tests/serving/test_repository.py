@@ -65,22 +65,23 @@ def test_the_production_variant_runs_triton_onnx_runtime_on_gpus_with_tensorrt(
 
 
 def test_versions_are_numbered_immutable_and_keep_one_interface(criteo_exported: Exported, tmp_path) -> None:
+    repository = tmp_path / "repository"
     for export in criteo_exported.exports:
-        add_version(export, tmp_path, "ctr", ServingConfig())
-    assert versions(tmp_path / "ctr") == [1, 2]
+        add_version(export, repository, "ctr", ServingConfig())
+    assert versions(repository / "ctr") == [1, 2]
     with pytest.raises(FileExistsError, match="version 2 exists"):
-        add_version(criteo_exported.exports[0], tmp_path, "ctr", ServingConfig(), version=2)
+        add_version(criteo_exported.exports[0], repository, "ctr", ServingConfig(), version=2)
     with pytest.raises(ValueError, match=r"served by 'python'.*'onnxruntime_onnx'"):
-        add_version(criteo_exported.exports[0], tmp_path, "ctr", ServingConfig(variant="production"))
+        add_version(criteo_exported.exports[0], repository, "ctr", ServingConfig(variant="production"))
     retrained = tmp_path / "retrained"  # trained on re-ingested data: another transform
     shutil.copytree(criteo_exported.exports[1], retrained)
     record = json.loads((retrained / "export.json").read_text())
     record["metadata"]["feature_transform_sha256"] = "0" * 64
     (retrained / "export.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match=r"trained with feature transform 000000000000.*use a new model name"):
-        add_version(retrained, tmp_path, "ctr", ServingConfig())
-    assert versions(tmp_path / "ctr") == [1, 2]
-    assert not list(tmp_path.glob(".*staging*"))  # versions are assembled aside and leave nothing behind
+        add_version(retrained, repository, "ctr", ServingConfig())
+    assert versions(repository / "ctr") == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repository", "retrained"]  # no staging left beside it
 
 
 def test_an_unservable_config_is_refused_with_the_field_at_fault(tmp_path) -> None:
