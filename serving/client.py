@@ -61,8 +61,7 @@ class RowChecker:
     """Turns request rows into raw columns, naming the row and field of anything malformed."""
 
     def __init__(self, schema: DatasetSchema):
-        owned = schema.entity_features
-        self.fields = tuple(f for f in (*schema.dense, *schema.categorical_names) if f not in owned)
+        self.fields = schema.event_features  # the entity keys, not the features the online store owns
         self.dense = frozenset(schema.dense)
         self._expected = frozenset(self.fields)
 
