@@ -21,6 +21,7 @@ import shutil
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from model.sampling import ArchitectureSampler
 from model.space import get_space
 from model.trainer import load_model
 from pipelines.steps import FinetuneRun, finetune
-from serving.client import ModelBundle, RequestFeatures
+from serving.client import ModelBundle, RequestFeatures, infer_inputs
 from serving.export import CTRProbability, export_model, onnx_session
 from serving.interface import DEFAULT_MODEL
 from serving.repository import ServingConfig, add_version
@@ -65,7 +66,7 @@ def trained_model(data: IngestResult, work: Path, seed: int) -> Path:
     return work / "model" / "winner"
 
 
-def timed(call, repeats: int) -> list[float]:
+def timed(call: Callable[[], object], repeats: int) -> list[float]:
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -110,19 +111,9 @@ def in_process(model_dir: Path, onnx_path: Path, data_dir: Path, transform) -> d
     return figures
 
 
-def inputs_for(dense: np.ndarray, sparse: np.ndarray) -> list:
-    inputs = [
-        grpcclient.InferInput("dense", list(dense.shape), "FP32"),
-        grpcclient.InferInput("sparse", list(sparse.shape), "INT64"),
-    ]
-    inputs[0].set_data_from_numpy(dense)
-    inputs[1].set_data_from_numpy(sparse)
-    return inputs
-
-
 def grpc_latency(url: str, dense: np.ndarray, sparse: np.ndarray, requests: int) -> dict:
     with grpcclient.InferenceServerClient(url) as client:
-        inputs = inputs_for(dense, sparse)
+        inputs = infer_inputs(dense, sparse)
         timed(lambda: client.infer(MODEL, inputs), 50)
         return percentiles(timed(lambda: client.infer(MODEL, inputs), requests))
 
@@ -133,7 +124,7 @@ def grpc_concurrency(url: str, dense: np.ndarray, sparse: np.ndarray, clients: i
     done, failed = [0], [0]
     lock, stop, drained = threading.Lock(), threading.Event(), threading.Semaphore(0)
     with grpcclient.InferenceServerClient(url) as client:
-        inputs = inputs_for(dense, sparse)
+        inputs = infer_inputs(dense, sparse)
 
         def answered(result, error) -> None:
             try:
@@ -168,7 +159,7 @@ def grpc_threads(url: str, dense: np.ndarray, sparse: np.ndarray, clients: int, 
 
     def worker(k: int) -> None:
         with grpcclient.InferenceServerClient(url) as client:
-            inputs = inputs_for(dense, sparse)
+            inputs = infer_inputs(dense, sparse)
             client.infer(MODEL, inputs)
             start_line.wait()
             while not stop.is_set():
@@ -256,8 +247,8 @@ def client_features(data: IngestResult, requests: int) -> dict:
             columns = {f: [row[f] for row in batch] for f in fields} | {f: found[f] for f in schema.entity_features}
             data.transform.transform(columns)
 
-        client = percentiles([_time(features, b) for b in batches])
-        sdk = percentiles([_time(through_sdk, b) for b in batches[: max(20, len(batches) // 4)]])
+        client = percentiles([timed(lambda b=b: features(b), 1)[0] for b in batches])
+        sdk = percentiles([timed(lambda b=b: through_sdk(b), 1)[0] for b in batches[: max(20, len(batches) // 4)]])
         distinct = float(np.mean([len({r["device_id"] for r in b}) for b in batches]))
         figures[f"rows_{size}"] = {
             "client": client,
@@ -271,12 +262,6 @@ def client_features(data: IngestResult, requests: int) -> dict:
             flush=True,
         )
     return figures
-
-
-def _time(call, batch) -> float:
-    start = time.perf_counter()
-    call(batch)
-    return time.perf_counter() - start
 
 
 def serve_architecture(model_dir: Path, criteo: IngestResult, work: Path, args: argparse.Namespace) -> dict:

@@ -192,12 +192,7 @@ class CTRClient:
         return np.concatenate(parts)
 
     def _infer(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
-        inputs = [
-            grpcclient.InferInput(DENSE_INPUT, list(dense.shape), "FP32"),
-            grpcclient.InferInput(SPARSE_INPUT, list(sparse.shape), "INT64"),
-        ]
-        inputs[0].set_data_from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
-        inputs[1].set_data_from_numpy(np.ascontiguousarray(sparse, dtype=np.int64))
+        inputs = infer_inputs(dense, sparse)
         result = self._call(self._client.infer, self.model, inputs, outputs=[grpcclient.InferRequestedOutput(OUTPUT)])
         probability = result.as_numpy(OUTPUT)
         if probability is None or probability.shape != (len(dense), 1):
@@ -215,6 +210,17 @@ class CTRClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def infer_inputs(dense: np.ndarray, sparse: np.ndarray) -> list[grpcclient.InferInput]:
+    """The gRPC inputs of one request for model-ready arrays."""
+    inputs = [
+        grpcclient.InferInput(DENSE_INPUT, list(dense.shape), "FP32"),
+        grpcclient.InferInput(SPARSE_INPUT, list(sparse.shape), "INT64"),
+    ]
+    inputs[0].set_data_from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
+    inputs[1].set_data_from_numpy(np.ascontiguousarray(sparse, dtype=np.int64))
+    return inputs
 
 
 def load_model(url: str, model: str, timeout_s: float = 120.0) -> None:

@@ -45,13 +45,11 @@ class TritonRuntime:
     @classmethod
     def find(cls, prefix: Path | None = None) -> TritonRuntime:
         """The runtime at `prefix`, else at $NASREC_TRITON_ENV, else `.venv-triton` here or in the project root."""
-        candidates = (
-            [Path(prefix)]
-            if prefix
-            else [Path(os.environ[RUNTIME_ENV_VARIABLE])]
-            if os.environ.get(RUNTIME_ENV_VARIABLE)
-            else [Path.cwd() / RUNTIME_DIR_NAME, Path(__file__).resolve().parents[1] / RUNTIME_DIR_NAME]
-        )
+        named = prefix or os.environ.get(RUNTIME_ENV_VARIABLE)
+        if named:
+            candidates = [Path(named)]
+        else:
+            candidates = [Path.cwd() / RUNTIME_DIR_NAME, Path(__file__).resolve().parents[1] / RUNTIME_DIR_NAME]
         for candidate in candidates:
             runtime = cls(candidate.absolute())
             with contextlib.suppress(TritonError):
