@@ -3,6 +3,8 @@
 1. In process: ONNX Runtime against PyTorch eager, one thread each, at batch 1, 64, 512 and 4096.
 2. The local Triton server over gRPC: p50/p99 latency at batch 1 and 512 (one client); requests/s at
    batch 1 with 1, 8 and 32 concurrent clients (one gRPC channel each, threads of one process); failures.
+   Batch 512 is also timed with the batch run whole (`parallel_runs=1`) beside the default, which runs a
+   large batch as two parts at once.
 3. The client's own work on the shared Avazu sample (entities device, site and app): rows checked,
    entity features read from the Feast online store and transformed, at 1 and 512 rows, against the same
    lookup through Feast's SDK (`get_online_features`).
@@ -22,6 +24,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -195,23 +198,37 @@ def server_durations(metrics_port: int) -> dict[str, float]:
     return figures
 
 
-def triton(repository: Path, dense: np.ndarray, sparse: np.ndarray, args: argparse.Namespace) -> dict:
+def server_latency(server: TritonServer, dense: np.ndarray, sparse: np.ndarray, requests: int, label: str) -> dict:
+    """gRPC latency of one client, with the mean time each request spent in the server and in the model."""
+    before = server_durations(server.metrics_port)
+    row = grpc_latency(server.url, dense, sparse, requests)
+    after = server_durations(server.metrics_port)
+    count = after["request_success"] - before["request_success"]
+    for name in ("request_duration_us", "queue_duration_us", "compute_infer_duration_us"):
+        row[f"server_{name.removesuffix('_us')}_mean_ms"] = (after[name] - before[name]) / count / 1e3
+    print(
+        f"Triton gRPC {label}: p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms; in the server "
+        f"{row['server_request_duration_mean_ms']:.2f} ms a request, of which the model "
+        f"{row['server_compute_infer_duration_mean_ms']:.2f} ms",
+        flush=True,
+    )
+    return row
+
+
+def triton(export: Path, work: Path, dense: np.ndarray, sparse: np.ndarray, args: argparse.Namespace) -> dict:
     figures: dict = {}
-    with TritonServer(repository) as server:
+    default = ServingConfig()
+    with TritonServer(fresh_repository(export, work / "repository_whole", replace(default, parallel_runs=1))) as server:
+        figures["latency_batch_512_whole"] = server_latency(
+            server, dense, sparse, args.requests // 4, "batch 512, run whole"
+        )
+    with TritonServer(fresh_repository(export, work / "repository", default)) as server:
         for size, requests in ((1, args.requests), (512, args.requests // 4)):
-            before = server_durations(server.metrics_port)
-            row = grpc_latency(server.url, dense[:size], sparse[:size], requests)
-            after = server_durations(server.metrics_port)
-            count = after["request_success"] - before["request_success"]
-            for name in ("request_duration_us", "queue_duration_us", "compute_infer_duration_us"):
-                row[f"server_{name.removesuffix('_us')}_mean_ms"] = (after[name] - before[name]) / count / 1e3
-            figures[f"latency_batch_{size}"] = row
-            print(
-                f"Triton gRPC batch {size:3d}: p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms; in the server "
-                f"{row['server_request_duration_mean_ms']:.2f} ms a request, of which the model "
-                f"{row['server_compute_infer_duration_mean_ms']:.2f} ms",
-                flush=True,
-            )
+            label = f"batch {size}" + (f", {default.parallel_runs} parts at once" if size == 512 else "")
+            figures[f"latency_batch_{size}"] = server_latency(server, dense[:size], sparse[:size], requests, label)
+        figures["batch_512_whole_over_parts_p50"] = (
+            figures["latency_batch_512_whole"]["p50_ms"] / figures["latency_batch_512"]["p50_ms"]
+        )
         for load, measure in (("concurrency", grpc_concurrency), ("threads", grpc_threads)):
             for clients in (1, 8, 32):
                 row = measure(server.url, dense[:1], sparse[:1], clients, args.seconds)
@@ -276,12 +293,15 @@ def serve_architecture(model_dir: Path, criteo: IngestResult, work: Path, args: 
     }
     print(f"{model_dir}: {figures['mflops']:.3f} MFLOPs a row, operators {figures['operators']}", flush=True)
     figures["in_process"] = in_process(model_dir, export.model, criteo.out_dir, criteo.transform)
-    repository = work / "repository"
-    shutil.rmtree(repository, ignore_errors=True)
-    add_version(export.out, repository, MODEL, ServingConfig())
     batch = next(iter(SplitLoader(criteo.out_dir / "validation.parquet", criteo.transform, 512)))
-    figures["triton"] = triton(repository, batch.dense, batch.sparse, args)
+    figures["triton"] = triton(export.out, work, batch.dense, batch.sparse, args)
     return figures
+
+
+def fresh_repository(export: Path, repository: Path, config: ServingConfig) -> Path:
+    shutil.rmtree(repository, ignore_errors=True)
+    add_version(export, repository, MODEL, config)
+    return repository
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -227,6 +227,7 @@ def cmd_deploy(args: argparse.Namespace) -> None:
         variant=args.variant,
         instance_kind=args.instance_kind,
         instances=args.instances,
+        parallel_runs=args.parallel_runs,
         max_batch_size=args.max_batch_size,
         max_queue_delay_us=args.max_queue_delay_us,
         tensorrt=args.tensorrt,
@@ -434,6 +435,13 @@ def _serving_commands(sub) -> None:
     )
     deploy.add_argument("--instance-kind", choices=("cpu", "gpu"), default="cpu", help="(default: cpu)")
     deploy.add_argument("--instances", type=int, default=1, help="model instances (default: 1)")
+    deploy.add_argument(
+        "--parallel-runs",
+        type=int,
+        default=2,
+        help="local variant: a batch of 256 rows or more runs as this many parts at once, on as many cores "
+        "(default: 2)",
+    )
     deploy.add_argument("--max-batch-size", type=int, default=4096, help="(default: 4096)")
     deploy.add_argument("--max-queue-delay-us", type=int, default=100, help="dynamic batching delay (default: 100)")
     deploy.add_argument("--tensorrt", action="store_true", help="production on GPU: the TensorRT accelerator")

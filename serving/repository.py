@@ -32,6 +32,7 @@ BUNDLE_FILES = ("transform.json", "schema.yaml", "export.json")  # beside model.
 PYTHON_MODEL = Path(__file__).with_name("triton_model.py")
 TRANSFORM_PARAMETER = "nasrec_feature_transform_sha256"
 THREADS_PARAMETER = "onnx_intra_op_threads"
+PARALLEL_PARAMETER = "onnx_parallel_runs"
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class ServingConfig:
     tensorrt_precision: str = "FP16"
     warmup_batch_sizes: tuple[int, ...] = (1, 512)
     onnx_threads: int = 1  # intra-op threads per instance (local variant)
+    parallel_runs: int = 2  # local variant: a batch of >= 256 rows runs as this many parts at once
     versions_served: int = 1  # the latest N versions stay loaded
     extra_parameters: dict[str, str] = field(default_factory=dict)
 
@@ -60,8 +62,10 @@ class ServingConfig:
             raise ValueError("instance_kind: the local variant runs ONNX Runtime on CPU; use the production variant")
         if self.tensorrt and (self.variant != "production" or self.instance_kind != "gpu"):
             raise ValueError("tensorrt: needs variant 'production' with instance_kind 'gpu'")
-        if self.max_batch_size < 1 or self.instances < 1 or self.onnx_threads < 1 or self.versions_served < 1:
-            raise ValueError("max_batch_size, instances, onnx_threads and versions_served must be >= 1")
+        counts = ("max_batch_size", "instances", "onnx_threads", "parallel_runs", "versions_served")
+        below_one = [name for name in counts if getattr(self, name) < 1]
+        if below_one:
+            raise ValueError(f"{', '.join(below_one)}: must be >= 1")
         too_large = [b for b in (*self.preferred_batch_sizes, *self.warmup_batch_sizes) if b > self.max_batch_size]
         if too_large:
             raise ValueError(f"batch sizes {too_large} exceed max_batch_size {self.max_batch_size}")
@@ -78,6 +82,7 @@ def model_config(
     else:
         model.backend = "python"
         model.parameters[THREADS_PARAMETER].string_value = str(config.onnx_threads)
+        model.parameters[PARALLEL_PARAMETER].string_value = str(config.parallel_runs)
     model.version_policy.latest.num_versions = config.versions_served
     model.input.add(name=DENSE_INPUT, data_type=mc.TYPE_FP32, dims=[num_dense])
     model.input.add(name=SPARSE_INPUT, data_type=mc.TYPE_INT64, dims=[num_sparse])

@@ -11,6 +11,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from features.transform import FeatureTransform
 from serving.repository import (
     CONFIG_FILE,
+    PARALLEL_PARAMETER,
     THREADS_PARAMETER,
     TRANSFORM_PARAMETER,
     ServingConfig,
@@ -22,7 +23,9 @@ from tests.serving.conftest import Exported
 
 
 def test_the_local_variant_is_a_python_backend_model_running_onnx_runtime(criteo_exported: Exported, tmp_path) -> None:
-    folder = add_version(criteo_exported.exports[0], tmp_path, "ctr", ServingConfig(instances=2, onnx_threads=1))
+    folder = add_version(
+        criteo_exported.exports[0], tmp_path, "ctr", ServingConfig(instances=2, onnx_threads=1, parallel_runs=3)
+    )
     config = read_config(tmp_path / "ctr" / CONFIG_FILE)
     assert folder == tmp_path / "ctr" / "1"
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -45,6 +48,7 @@ def test_the_local_variant_is_a_python_backend_model_running_onnx_runtime(criteo
     assert [(w.name, w.batch_size) for w in config.model_warmup] == [("batch_1", 1), ("batch_512", 512)]
     assert all(w.inputs["sparse"].zero_data and list(w.inputs["dense"].dims) == [13] for w in config.model_warmup)
     assert config.parameters[THREADS_PARAMETER].string_value == "1"
+    assert config.parameters[PARALLEL_PARAMETER].string_value == "3"
     transform = FeatureTransform.load(criteo_exported.exports[0] / "transform.json")
     assert config.parameters[TRANSFORM_PARAMETER].string_value == transform.sha256()
     assert config.version_policy.latest.num_versions == 1
@@ -93,6 +97,8 @@ def test_an_unservable_config_is_refused_with_the_field_at_fault(tmp_path) -> No
         ServingConfig(instance_kind="gpu")
     with pytest.raises(ValueError, match=r"batch sizes \[512\] exceed max_batch_size 256"):
         ServingConfig(max_batch_size=256, preferred_batch_sizes=(64,))
+    with pytest.raises(ValueError, match=r"^instances, parallel_runs: must be >= 1"):
+        ServingConfig(instances=0, parallel_runs=0)
     with pytest.raises(FileNotFoundError, match="is it the output of `nasrec export`"):
         add_version(tmp_path, tmp_path / "repo", "ctr", ServingConfig())
     broken = tmp_path / CONFIG_FILE
