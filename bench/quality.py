@@ -8,7 +8,8 @@ optimiser/learning-rate grid with early stopping on validation AUC; the best val
 one tested. Nothing looks at the test fold before that.
 
 The supernet trains for 1,250 steps whatever the data size (about 40 epochs of an 8k-row fold): each
-step trains one sampled subnet, and far fewer leave subnets unranked (see steps.MIN_SUPERNET_STEPS).
+step trains one sampled subnet, and far fewer leave subnets unranked (see
+components.steps.train_supernet.MIN_SUPERNET_STEPS).
 
     python -m bench.quality --data criteo --json runs/bench/quality_criteo.json
     python -m bench.quality --data avazu
@@ -30,14 +31,17 @@ from pathlib import Path
 import torch
 
 from bench.common import add_json_argument, write_json
+from components.steps.data import IngestedData
+from components.steps.finetune import FinetuneRun, read_architectures, train_network
+from components.steps.search import SearchRun, search
+from components.steps.train_supernet import SupernetRun, train_supernet
 from features.schema import DatasetSchema, builtin_schema
 from model.baselines import BASELINES
 from model.network import NASRecNet
 from model.search import FitnessConfig, SearchConfig
 from model.trainer import default_device, describe, evaluate
 from model.training import OPTIMIZERS
-from pipelines import steps
-from pipelines.data import IngestedData
+from pipelines.studies import train_baseline
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_GRID = ("adagrad:0.03", "adagrad:0.1", "adam:0.001", "adam:0.003", "adam:0.01")
@@ -117,10 +121,10 @@ def run_fold(k: int, schema: DatasetSchema, raw: Path, folds: Path, args, device
         ingest(schema, [raw], data, SplitSpec(folds=folds, fold=k), log=lambda *_: None)
     seconds = {}
     clock = time.perf_counter()
-    supernet_run = steps.SupernetRun(
+    supernet_run = SupernetRun(
         space=args.space, steps=args.supernet_steps, batch_size=256, lr=0.05, seed=k, progress=False
     )
-    steps.train_supernet(data, work / "supernet", supernet_run, device)
+    train_supernet(data, work / "supernet", supernet_run, device)
     seconds["supernet"], clock = time.perf_counter() - clock, time.perf_counter()
     search_config = SearchConfig(
         population=args.population,
@@ -130,13 +134,13 @@ def run_fold(k: int, schema: DatasetSchema, raw: Path, folds: Path, args, device
         seed=k,
         fitness=FitnessConfig(finetune_steps=args.head_steps, finetune_warmup_steps=args.head_steps // 10),
     )
-    search_run = steps.SearchRun(search=search_config, finetune_batches=16, eval_batches=2, top_k=args.top_k)
-    steps.search(work / "supernet" / "checkpoint.pt", data, work / "search", search_run, device)
+    search_run = SearchRun(search=search_config, finetune_batches=16, eval_batches=2, top_k=args.top_k)
+    search(work / "supernet" / "checkpoint.pt", data, work / "search", search_run, device)
     seconds["search"], clock = time.perf_counter() - clock, time.perf_counter()
-    archs = steps.read_architectures(work / "search" / "top_k.json", args.top_k)
+    archs = read_architectures(work / "search" / "top_k.json", args.top_k)
     data_dir = IngestedData(data)
     quarter_epoch = max(1, data_dir.rows("train") // 256 // 4)  # deep models peak early on small data
-    base = steps.FinetuneRun(
+    base = FinetuneRun(
         epochs=args.epochs, batch_size=256, eval_every=quarter_epoch, patience=args.patience, seed=k, progress=False
     )
 
@@ -146,7 +150,7 @@ def run_fold(k: int, schema: DatasetSchema, raw: Path, folds: Path, args, device
             torch.manual_seed(k)
             net = NASRecNet(arch, data_dir.input_schema)
             run = replace(base, optimizer=optimizer, lr=lr)
-            result = steps.train_network(net, describe(net), data_dir, run, device, None)
+            result = train_network(net, describe(net), data_dir, run, device, None)
             per_arch.append({"rank": i, "validation": result.best, "net": net})
         best = max(per_arch, key=lambda r: r["validation"]["auc"])
         test = evaluate(best["net"], data_dir.batches("test"), device)
@@ -157,7 +161,7 @@ def run_fold(k: int, schema: DatasetSchema, raw: Path, folds: Path, args, device
     for name in args.baselines:
 
         def baseline(optimizer: str, lr: float, name: str = name) -> dict:
-            return steps.train_baseline(name, data, None, replace(base, optimizer=optimizer, lr=lr), device)
+            return train_baseline(name, data, None, replace(base, optimizer=optimizer, lr=lr), device)
 
         models[name] = best_over_grid(baseline, args.grid)
     seconds["baselines_training"] = time.perf_counter() - clock

@@ -35,10 +35,13 @@ from pathlib import Path
 import torch
 
 from bench.common import add_json_argument, write_json, write_teacher_splits
+from components.steps.finetune import FinetuneRun
+from components.steps.search import FINETUNE_SPLITS, SearchRun
+from components.steps.train_supernet import SupernetRun, train_supernet
 from model.search import SearchConfig
 from model.trainer import default_device
-from pipelines import steps
 from pipelines.cli import add_fitness_options, fitness_config
+from pipelines.studies import RankCorrRun, rank_corr
 
 
 def main() -> None:
@@ -72,7 +75,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--finetune-split",
-        choices=steps.FINETUNE_SPLITS,
+        choices=FINETUNE_SPLITS,
         default="validation",
         help="rows the head is fine-tuned on (default: validation, the batches after the scored ones; "
         "train as in the paper, for a supernet that saw its rows once); the subnet fitness always trains on train",
@@ -93,23 +96,21 @@ def main() -> None:
     if data is None:
         data = write_teacher_splits(out / "data", args.teacher_rows, args.cardinality)
         print(f"wrote {args.teacher_rows:,} teacher rows in {time.perf_counter() - start:.1f} s", flush=True)
-    supernet_run = steps.SupernetRun(
-        space=args.space, epochs=args.supernet_epochs, batch_size=args.batch_size, lr=args.lr
-    )
-    training = steps.train_supernet(data, out / "supernet", supernet_run, device)["training"]
+    supernet_run = SupernetRun(space=args.space, epochs=args.supernet_epochs, batch_size=args.batch_size, lr=args.lr)
+    training = train_supernet(data, out / "supernet", supernet_run, device)["training"]
     fitness = fitness_config(args)
-    search = steps.SearchRun(
+    search = SearchRun(
         search=SearchConfig(fitness=fitness),
         eval_batches=args.eval_batches,
         finetune_batches=args.finetune_batches,
         batch_size=args.batch_size,
         finetune_split="train" if fitness.method == "subnet" else args.finetune_split,
     )
-    train = steps.FinetuneRun(epochs=args.train_epochs, batch_size=args.batch_size, lr=args.lr, progress=False)
-    run = steps.RankCorrRun(
+    train = FinetuneRun(epochs=args.train_epochs, batch_size=args.batch_size, lr=args.lr, progress=False)
+    run = RankCorrRun(
         architectures=args.architectures, search=search, train=train, truth_runs=args.truth_runs, workers=args.workers
     )
-    result = steps.rank_corr(out / "supernet" / "checkpoint.pt", data, out / "rank_corr", run, device)
+    result = rank_corr(out / "supernet" / "checkpoint.pt", data, out / "rank_corr", run, device)
     figures = {
         "data": str(args.data) if args.data else f"teacher {args.teacher_rows:,} rows, cardinality {args.cardinality}",
         "space": args.space,

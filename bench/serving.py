@@ -35,6 +35,7 @@ import torch
 import tritonclient.grpc as grpcclient
 
 from bench.common import add_json_argument, percentiles, write_json
+from components.steps.finetune import FinetuneRun, finetune
 from features.ingest import IngestResult, OnlineFeatures, SplitSpec, ingest
 from features.loader import SplitLoader
 from features.readers import EVENT_TIMESTAMP
@@ -42,7 +43,6 @@ from features.schema import builtin_schema
 from model.sampling import ArchitectureSampler
 from model.space import get_space
 from model.trainer import load_model
-from pipelines.steps import FinetuneRun, finetune
 from serving.client import ModelBundle, RequestFeatures, infer_inputs
 from serving.export import CTRProbability, export_model, onnx_session
 from serving.interface import DEFAULT_MODEL

@@ -1,7 +1,7 @@
 """Training architectures in parallel processes (`finetune` / `rank-corr --workers N`) against one at a time.
 
 Trains the same sampled architectures from scratch with one process, then with N, through
-steps.train_architectures (validation at the end of each), and prints the wall time of each and
+train_architectures (validation at the end of each), and prints the wall time of each and
 their ratio. Small networks leave most cores, or a GPU, idle when trained one at a time: on a 2-core
 CPU, 2 processes trained 4 `demo` architectures (300 steps each, 1M teacher rows) 1.27x as fast (2026-11-29).
 
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from bench.common import add_json_argument, write_json, write_teacher_splits
+from components.steps.finetune import FinetuneRun, TrainingJob, train_architectures
 from model.sampling import ArchitectureSampler
 from model.space import get_space
 from model.trainer import default_device
-from pipelines import steps
 
 
 def main() -> None:
@@ -42,12 +42,12 @@ def main() -> None:
     device = torch.device(args.device) if args.device else default_device()
     data = args.data or write_teacher_splits(Path(tempfile.mkdtemp(prefix="workers_")), args.teacher_rows, 1000)
     sampler = ArchitectureSampler(get_space(args.space), seed=0)
-    run = steps.FinetuneRun(steps=args.steps, batch_size=args.batch_size, eval_every=args.steps, progress=False)
-    jobs = [steps.TrainingJob(sampler.sample(), run, init_seed=0) for _ in range(args.architectures)]
+    run = FinetuneRun(steps=args.steps, batch_size=args.batch_size, eval_every=args.steps, progress=False)
+    jobs = [TrainingJob(sampler.sample(), run, init_seed=0) for _ in range(args.architectures)]
     seconds = {}
     for workers in (1, args.workers):
         start = time.perf_counter()
-        losses = [best["log_loss"] for _, best in steps.train_architectures(jobs, data, device, workers)]
+        losses = [best["log_loss"] for _, best in train_architectures(jobs, data, device, workers)]
         seconds[workers] = time.perf_counter() - start
         print(
             f"{workers} process(es): {len(jobs)} architectures x {args.steps} steps in {seconds[workers]:.1f} s "

@@ -222,8 +222,12 @@ class OnlineFeatures:
         """The join keys this store answers for: event_id, then each entity's key."""
         return tuple(self._views)
 
-    def materialize(self, start: datetime, end: datetime, rows_per_window: int = 50_000) -> int:
+    def materialize(
+        self, start: datetime, end: datetime, rows_per_window: int = 50_000, entities_only: bool = False
+    ) -> int:
         """Write the latest feature values in [start, end) to the online store; returns the rows read.
+
+        `entities_only` skips the event-level view: a live request carries its own event fields.
 
         Feast holds a whole materialisation window in memory as Python objects (about 24 GB for 1M Criteo
         rows), so the range is cut into windows of about `rows_per_window` events each, in time order.
@@ -235,8 +239,9 @@ class OnlineFeatures:
             return 0
         cuts = times.iloc[rows_per_window::rows_per_window].drop_duplicates().tolist()
         bounds = [pd.Timestamp(start), *cuts, pd.Timestamp(end)]
+        views = [view for view, key in view_keys(self.schema).items() if key != EVENT_ID] if entities_only else None
         for lo, hi in pairwise(bounds):
-            self.store.materialize(start_date=lo.to_pydatetime(), end_date=hi.to_pydatetime())
+            self.store.materialize(start_date=lo.to_pydatetime(), end_date=hi.to_pydatetime(), feature_views=views)
         return len(times)
 
     def raw_features(self, keys: dict[str, list]) -> dict[str, list]:

@@ -285,3 +285,29 @@ def _numbers(column: pa.ChunkedArray, name: str, bad: dict[int, str]) -> np.ndar
         for i in np.flatnonzero(values.isna().to_numpy() & raw.notna().to_numpy()):
             bad.setdefault(int(i), f"{name}: not a number: {raw.iloc[int(i)]!r}")
         return values.to_numpy(dtype=np.float64)
+
+
+def raw_records(paths: list[Path], schema: DatasetSchema, event_ids: list[int]) -> dict[int, dict[str, str | None]]:
+    """The raw text of the log rows with these event ids (data rows counted across the files in order, as
+    ingestion numbers them), as {event id: {column: value or None where empty}}."""
+    wanted, found = set(event_ids), {}
+    first = 0
+    for path in map(Path, paths):
+        if schema.is_parquet(path):
+            table = pq.read_table(path, columns=list(schema.required_columns))
+            for row in wanted & set(range(first, first + table.num_rows)):
+                values = table.slice(row - first, 1).to_pylist()[0]
+                found[row] = {k: None if v is None or v == "" else str(v) for k, v in values.items()}
+            first += table.num_rows
+            continue
+        with _open_bytes(path) as f:
+            lines = (line.decode("utf-8", errors="replace").rstrip("\r\n") for line in f)
+            columns = next(lines).split(schema.delimiter) if schema.header else list(schema.columns)
+            for index, line in enumerate(lines, start=first):
+                if index in wanted:
+                    found[index] = {c: v or None for c, v in zip(columns, line.split(schema.delimiter))}
+                first = index + 1
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise IngestError(f"event ids {missing[:5]} are past the end of {[str(p) for p in paths]}")
+    return found

@@ -182,3 +182,8 @@ def builtin_schema(name: str) -> DatasetSchema:
         known = sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
         raise ValueError(f"unknown built-in schema {name!r}; known: {known}")
     return DatasetSchema.load(path)
+
+
+def load_schema(value: str | Path) -> DatasetSchema:
+    """A built-in schema by name (criteo, avazu), or a schema YAML file by path."""
+    return DatasetSchema.load(value) if str(value).endswith((".yaml", ".yml")) else builtin_schema(str(value))

@@ -7,11 +7,21 @@ import json
 import sys
 from pathlib import Path
 
+from pipelines import COMPILED_PIPELINE
+from pipelines.local import PipelineStepError
 from serving.errors import SERVING_ERRORS
 from serving.interface import DEFAULT_MODEL
 
 OPTIMIZER_NAMES = ("adagrad", "adam")  # model.training.OPTIMIZERS, named here so --help needs no torch import
-FINETUNE_SPLITS = ("train", "validation")  # pipelines.steps.FINETUNE_SPLITS, likewise
+FINETUNE_SPLITS = ("train", "validation")  # components.steps.search.FINETUNE_SPLITS, likewise
+
+
+def config_from_args(cls, args: argparse.Namespace, **values):
+    """A step's config from the options named like its fields (and `values`), through its `from_dict`."""
+    import dataclasses
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls.from_dict(given | values)
 
 
 def _schema(args: argparse.Namespace):
@@ -81,84 +91,47 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
-def _dataset_schema(value: str):
-    from features.schema import DatasetSchema, builtin_schema
-
-    return DatasetSchema.load(value) if value.endswith((".yaml", ".yml")) else builtin_schema(value)
-
-
 def cmd_ingest(args: argparse.Namespace) -> None:
-    from features.ingest import SplitSpec, ingest
+    from components.steps.ingest import IngestRun, ingest
 
-    split = SplitSpec(
-        validation_fraction=args.validation_fraction, test_fraction=args.test_fraction, folds=args.folds, fold=args.fold
-    )
-    result = ingest(_dataset_schema(args.schema), args.data, args.out, split, args.max_reject_fraction)
-    print(json.dumps(result.stats, indent=2))
+    stats = ingest(args.data, args.out, config_from_args(IngestRun, args))
+    print(json.dumps(stats, indent=2))
 
 
 def cmd_synthetic(args: argparse.Namespace) -> None:
+    from features.schema import load_schema
     from features.synthetic import write_synthetic_log
 
-    path = write_synthetic_log(_dataset_schema(args.schema), args.out, args.rows, args.seed, args.cardinality)
+    path = write_synthetic_log(load_schema(args.schema), args.out, args.rows, args.seed, args.cardinality)
     print(f"wrote {args.rows:,} rows to {path}")
 
 
 def _device(args: argparse.Namespace):
-    import torch
+    from components.steps.common import resolve_device
 
-    from model.trainer import default_device
-
-    return torch.device(args.device) if args.device else default_device()
+    return resolve_device(args.device)
 
 
 def cmd_train_supernet(args: argparse.Namespace) -> None:
-    from pipelines.steps import SupernetRun, train_supernet
+    from components.steps.train_supernet import SupernetRun, train_supernet
 
-    run = SupernetRun(
-        space=args.space,
-        epochs=args.epochs,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        full_path_warmup_fraction=args.full_path_warmup,
-        checkpoint_every=args.checkpoint_every,
-        use_layernorm=not args.no_layernorm,
-        seed=args.seed,
-    )
-    metrics = train_supernet(args.data, args.out, run, _device(args))
+    metrics = train_supernet(args.data, args.out, config_from_args(SupernetRun, args), _device(args))
     if metrics:
         print(json.dumps({k: metrics[k] for k in ("validation_before", "validation_after", "checkpoint")}, indent=2))
 
 
 def _search_run(args: argparse.Namespace):
-    from model.search import SearchConfig
-    from pipelines.steps import SearchRun
+    from dataclasses import asdict
 
-    fitness = fitness_config(args)
-    config = SearchConfig(
-        population=args.population,
-        generations=args.generations,
-        sample_size=args.sample_size,
-        children=args.children,
-        max_mflops=args.max_mflops,
-        seed=args.seed,
-        fitness=fitness,
-    )
-    return SearchRun(
-        search=config,
-        finetune_batches=args.finetune_batches,
-        eval_batches=args.eval_batches,
-        batch_size=args.batch_size,
-        top_k=getattr(args, "top_k", 15),
-        workers=getattr(args, "workers", 1),
-        finetune_split=args.finetune_split,
-    )
+    from components.steps.search import SearchRun
+    from model.search import SearchConfig
+
+    evolution = {f: getattr(args, f) for f in SearchConfig.__dataclass_fields__ if f != "fitness"}
+    return config_from_args(SearchRun, args, search=evolution | {"fitness": asdict(fitness_config(args))})
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    from pipelines.steps import search
+    from components.steps.search import search
 
     summary = search(args.supernet, args.data, args.out, _search_run(args), _device(args))
     best = summary["best"]
@@ -169,76 +142,44 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 
 def _finetune_run(args: argparse.Namespace):
-    from pipelines.steps import FinetuneRun
+    from components.steps.finetune import FinetuneRun
 
-    return FinetuneRun(
-        epochs=args.epochs,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        eval_every=args.eval_every,
-        patience=args.patience,
-        warm_start=getattr(args, "warm_start", False),
-        seed=args.seed,
-    )
+    return config_from_args(FinetuneRun, args)
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from pipelines.steps import finetune, read_architectures
+    from components.steps.finetune import finetune, read_architectures
 
     archs = read_architectures(args.architectures, args.top_k)
     finetune(archs, args.data, args.out, _finetune_run(args), _device(args), args.supernet, args.workers)
 
 
-def cmd_rank_corr(args: argparse.Namespace) -> None:
-    from pipelines.steps import RankCorrRun, rank_corr
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from components.steps.evaluate import EvaluateRun, evaluate
 
-    run = RankCorrRun(
-        architectures=args.architectures,
-        search=_search_run(args),
-        train=_finetune_run(args),
-        truth_runs=args.truth_runs,
-        max_mflops=args.max_mflops,
-        seed=args.seed,
-        workers=args.workers,
-    )
+    result = evaluate(args.model, args.data, args.out, config_from_args(EvaluateRun, args), _device(args))
+    if not result["deploy"]:
+        sys.exit(3)  # the gate said no: a script can tell it from a failure (exit 1) and from a pass
+
+
+def cmd_rank_corr(args: argparse.Namespace) -> None:
+    from pipelines.studies import RankCorrRun, rank_corr
+
+    run = config_from_args(RankCorrRun, args, search=_search_run(args).to_dict(), train=_finetune_run(args).to_dict())
     result = rank_corr(args.supernet, args.data, args.out, run, _device(args))
     print(json.dumps({k: v for k, v in result.items() if k != "run"}, indent=2))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from serving.export import export_model
+    from components.steps.export import ExportRun, export
 
-    result = export_model(args.model, args.out, args.data, args.rows, args.external_data)
-    parity = result.parity
-    print(
-        f"wrote {result.model}: ONNX Runtime matches PyTorch on {parity['rows']} validation rows "
-        f"(max abs diff {parity['max_abs_diff']:.2e} <= {parity['tolerance']:g})"
-    )
+    export(args.model, args.data, args.out, config_from_args(ExportRun, args), args.evaluation)
 
 
 def cmd_deploy(args: argparse.Namespace) -> None:
-    from serving.repository import ServingConfig, add_version
+    from components.steps.deploy import DeployRun, deploy
 
-    fits = {"preferred_batch_sizes": (64, 512), "warmup_batch_sizes": (1, 512)}  # the defaults, within the maximum
-    config = ServingConfig(
-        **{name: tuple(min(b, args.max_batch_size) for b in sizes) for name, sizes in fits.items()},
-        variant=args.variant,
-        instance_kind=args.instance_kind,
-        instances=args.instances,
-        parallel_runs=args.parallel_runs,
-        max_batch_size=args.max_batch_size,
-        max_queue_delay_us=args.max_queue_delay_us,
-        tensorrt=args.tensorrt,
-    )
-    folder = add_version(args.export, args.repository, args.model, config, args.version)
-    print(f"wrote {folder}")
-    if args.url:
-        from serving.client import load_model
-
-        load_model(args.url, args.model)
-        print(f"loaded {args.model} version {folder.name} into {args.url}")
+    deploy(args.export, args.repository, None, config_from_args(DeployRun, args), args.data)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -261,6 +202,58 @@ def cmd_predict(args: argparse.Namespace) -> None:
     with CTRClient.from_repository(args.url, args.repository, args.model, args.feature_repo) as client:
         probabilities = client.predict(read_rows(args.rows, client.bundle.schema))
     print("\n".join(f"{p:.6f}" for p in probabilities))
+
+
+def _pipeline_parameters(args: argparse.Namespace, preset=None) -> dict:
+    """The preset's parameters, then a --params file's, then each --set NAME=VALUE (a YAML value)."""
+    import yaml
+
+    parameters = dict(preset.parameters) if preset else {}
+    if args.params:
+        loaded = yaml.safe_load(args.params.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{args.params}: expected a mapping of pipeline parameters")
+        parameters |= loaded
+    for item in args.set or []:
+        name, equals, value = item.partition("=")
+        if not equals or not name:
+            raise ValueError(f"--set {item!r}: expected NAME=VALUE")
+        parameters[name] = yaml.safe_load(value)
+    return parameters
+
+
+def cmd_pipeline_compile(args: argparse.Namespace) -> None:
+    from pipelines.pipeline import compile_pipeline
+
+    print(f"wrote {compile_pipeline(args.out)}")
+
+
+def cmd_pipeline_run_local(args: argparse.Namespace) -> None:
+    from pipelines.local import Preset, run_local, serve_held_out, summarise
+
+    preset = Preset.load(args.preset)
+    parameters = _pipeline_parameters(args, preset)
+    if args.data:
+        parameters["raw_files"] = [str(p) for p in args.data]
+    if args.schema:
+        parameters["schema"] = args.schema
+    run = run_local(parameters, args.out, preset)
+    summarise(run)
+    serve_held_out(run, args.rows, args.serve)
+
+
+def cmd_pipeline_submit(args: argparse.Namespace) -> None:
+    from pipelines.cluster import submit
+
+    result = submit(args.host, _pipeline_parameters(args), args.experiment, args.run_name, args.package)
+    print(f"submitted run {result.run_id} to {args.host} (experiment {args.experiment!r})")
+
+
+def cmd_pipeline_schedule(args: argparse.Namespace) -> None:
+    from pipelines.cluster import schedule
+
+    recurring = schedule(args.host, args.cron, _pipeline_parameters(args), args.experiment, args.job_name, args.package)
+    print(f"scheduled {args.job_name!r} ({recurring.recurring_run_id}) on {args.host}: cron {args.cron!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -342,12 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
     _schedule_options(train, batch_size=512, lr=0.12)
     train.add_argument(
         "--full-path-warmup",
+        dest="full_path_warmup_fraction",
         type=float,
         default=0.2,
         help="fraction of steps over which the full-path probability falls from 1 to 0 (default: 0.2)",
     )
     train.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default: 500)")
-    train.add_argument("--no-layernorm", action="store_true", help="a supernet without LayerNorm")
+    train.add_argument(
+        "--no-layernorm", dest="use_layernorm", action="store_false", help="a supernet without LayerNorm"
+    )
     train.set_defaults(func=cmd_train_supernet)
 
     search = sub.add_parser(
@@ -379,6 +375,23 @@ def build_parser() -> argparse.ArgumentParser:
     _training_workers_option(finetune, "candidates")
     finetune.set_defaults(func=cmd_finetune)
 
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="test metrics of a fine-tuned model and the quality gate (exit 3 when it says do not deploy)",
+    )
+    evaluate.add_argument("--model", type=Path, required=True, help="fine-tuned model folder (finetune OUT/winner)")
+    _data_options(evaluate)
+    evaluate.add_argument("--min-auc", type=float, default=0.5, help="the gate's floor on test AUC (default: 0.5)")
+    evaluate.add_argument(
+        "--repository",
+        default="",
+        help="the Triton model repository served now: the gate also needs the served version's test AUC",
+    )
+    evaluate.add_argument(
+        "--model-name", default=DEFAULT_MODEL, help=f"the served model's name (default: {DEFAULT_MODEL})"
+    )
+    evaluate.set_defaults(func=cmd_evaluate)
+
     rank = sub.add_parser(
         "rank-corr",
         help="rank correlation of supernet scores (without and with fine-tuning) with training from scratch",
@@ -403,7 +416,57 @@ def build_parser() -> argparse.ArgumentParser:
     _training_workers_option(rank, "networks from scratch")
     rank.set_defaults(func=cmd_rank_corr)
     _serving_commands(sub)
+    _pipeline_commands(sub)
     return parser
+
+
+def _pipeline_commands(sub) -> None:
+    pipeline = sub.add_parser("pipeline", help="the Kubeflow pipeline: compile, run locally, submit, schedule")
+    commands = pipeline.add_subparsers(dest="pipeline_command", required=True)
+
+    compiled = commands.add_parser("compile", help="write the pipeline's Kubeflow YAML")
+    compiled.add_argument(
+        "--out", type=Path, default=COMPILED_PIPELINE, help=f"(default: {COMPILED_PIPELINE.name} beside the source)"
+    )
+    compiled.set_defaults(func=cmd_pipeline_compile)
+
+    local = commands.add_parser(
+        "run-local",
+        help="the whole pipeline on this machine (kfp.local), then the local Triton answers held-out rows",
+        description="Runs every step as a subprocess of this environment; a rerun reuses the steps whose inputs "
+        "are unchanged. Without --data it writes the preset's synthetic teacher-labelled log.",
+    )
+    local.add_argument("--preset", default="demo", help="pipelines/presets/NAME.yaml, or a YAML path (default: demo)")
+    local.add_argument("--data", type=Path, nargs="+", help="raw log files (default: the preset's synthetic log)")
+    local.add_argument("--schema", help="built-in schema (criteo, avazu) or a schema YAML (default: the preset's)")
+    local.add_argument("--out", type=Path, default=Path("runs/pipeline"), help="(default: runs/pipeline)")
+    local.add_argument("--rows", type=int, default=8, help="held-out rows scored over gRPC at the end (default: 8)")
+    local.add_argument("--serve", action="store_true", help="keep Triton serving afterwards, until Ctrl-C")
+    _parameter_options(local)
+    local.set_defaults(func=cmd_pipeline_run_local)
+
+    for name, what in (("submit", "one run"), ("schedule", "a recurring run")):
+        remote = commands.add_parser(name, help=f"{what} of the compiled pipeline on a Kubeflow Pipelines cluster")
+        remote.add_argument("--host", required=True, help="the KFP API endpoint, e.g. http://localhost:8080")
+        remote.add_argument("--experiment", default="nasrec", help="(default: nasrec)")
+        remote.add_argument(
+            "--package", type=Path, default=COMPILED_PIPELINE, help="the compiled pipeline (default: ours)"
+        )
+        _parameter_options(remote)
+        if name == "submit":
+            remote.add_argument("--run-name", help="(default: the pipeline's name and the time)")
+            remote.set_defaults(func=cmd_pipeline_submit)
+        else:
+            remote.add_argument("--cron", required=True, help="e.g. '0 3 * * *' (5 fields; 6 with seconds first)")
+            remote.add_argument("--job-name", default="nasrec-retrain", help="(default: nasrec-retrain)")
+            remote.set_defaults(func=cmd_pipeline_schedule)
+
+
+def _parameter_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", type=Path, help="a YAML file of pipeline parameters")
+    parser.add_argument(
+        "--set", action="append", metavar="NAME=VALUE", help="one pipeline parameter (repeatable; YAML value)"
+    )
 
 
 def _serving_commands(sub) -> None:
@@ -415,6 +478,9 @@ def _serving_commands(sub) -> None:
     export.add_argument("--data", type=Path, help="ingestion folder (default: the one fine-tuning recorded)")
     export.add_argument("--rows", type=int, default=4096, help="validation rows of the parity check (default: 4096)")
     export.add_argument(
+        "--evaluation", type=Path, help="`nasrec evaluate`'s evaluation.json: its test metrics join the metadata"
+    )
+    export.add_argument(
         "--external-data",
         action=argparse.BooleanOptionalAction,
         help="weights in model.onnx.data beside the graph (default: only when over 2 GiB)",
@@ -424,8 +490,17 @@ def _serving_commands(sub) -> None:
     deploy = sub.add_parser("deploy", help="add an export as a new version of a model in a Triton model repository")
     deploy.add_argument("--export", type=Path, required=True, help="`nasrec export` output folder")
     deploy.add_argument("--repository", type=Path, required=True, help="Triton model repository")
-    deploy.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})")
-    deploy.add_argument("--version", type=int, help="version number (default: the next one)")
+    deploy.add_argument(
+        "--model", dest="model_name", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})"
+    )
+    deploy.add_argument("--data", type=Path, help="ingestion folder of the checked rows (default: the export's)")
+    deploy.add_argument(
+        "--check-rows",
+        type=int,
+        default=64,
+        help="test rows answered over gRPC after deploying, which must equal ONNX Runtime's; without --url the "
+        "local Triton is started for it (default: 64; 0: no check)",
+    )
     deploy.add_argument(
         "--variant",
         choices=("local", "production"),
@@ -445,7 +520,7 @@ def _serving_commands(sub) -> None:
     deploy.add_argument("--max-batch-size", type=int, default=4096, help="(default: 4096)")
     deploy.add_argument("--max-queue-delay-us", type=int, default=100, help="dynamic batching delay (default: 100)")
     deploy.add_argument("--tensorrt", action="store_true", help="production on GPU: the TensorRT accelerator")
-    deploy.add_argument("--url", help="a running server (HOST:PORT, gRPC) to load the new version into")
+    deploy.add_argument("--url", default="", help="a running server (HOST:PORT, gRPC) to load the new version into")
     deploy.set_defaults(func=cmd_deploy)
 
     serve = sub.add_parser("serve", help="run the local Triton server on a model repository until SIGTERM or Ctrl-C")
@@ -481,7 +556,9 @@ def _training_workers_option(parser: argparse.ArgumentParser, what: str) -> None
 def _data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="ingestion output folder (`nasrec ingest --out`)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    parser.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto: cuda when available, else cpu)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds weights, data order and sampling (default: 0)")
 
 
@@ -584,7 +661,14 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, *SERVING_ERRORS) as err:
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        FloatingPointError,
+        PipelineStepError,
+        *SERVING_ERRORS,
+    ) as err:
         sys.exit(f"nasrec {args.command}: error: {err}")
 
 

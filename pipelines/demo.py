@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from components.steps.data import IngestedData
+from components.steps.train_supernet import SupernetRun, train_supernet
 from features.ingest import SplitSpec, ingest
 from features.schema import builtin_schema
 from features.synthetic import write_synthetic_log
 from model.metrics import log_loss
 from model.sampling import ArchitectureSampler
 from model.trainer import evaluate, load_model
-from pipelines.data import IngestedData
-from pipelines.steps import SupernetRun, train_supernet
 
 
 @dataclass(frozen=True)

@@ -254,7 +254,17 @@ def read_rows(path: Path, schema: DatasetSchema) -> list[dict[str, Any]]:
     return rows
 
 
-def _typed(row: dict[str, str], schema: DatasetSchema, where: str) -> dict[str, Any]:
+def log_rows(raw_paths: Sequence[Path], schema: DatasetSchema, event_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Logged events as a client sends them: the request's fields of each, numbers for dense fields, text for
+    categories, None where the log is empty (event ids count data rows across the files, as ingestion does)."""
+    from features.readers import raw_records  # pyarrow: only for this
+
+    records = raw_records(list(raw_paths), schema, list(event_ids))
+    fields = RowChecker(schema).fields
+    return [_typed({f: records[i].get(f) for f in fields}, schema, f"event {i}") for i in event_ids]
+
+
+def _typed(row: dict[str, str | None], schema: DatasetSchema, where: str) -> dict[str, Any]:
     typed: dict[str, Any] = {}
     for name, text in row.items():
         if text is None or text == "":

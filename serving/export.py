@@ -189,8 +189,15 @@ def check_parity(
     return {"rows": len(dense), "max_abs_diff": worst, "tolerance": tolerance}
 
 
-def model_metadata(net: NASRecNet, transform: FeatureTransform, schema: DatasetSchema) -> dict[str, str]:
-    return {
+def model_metadata(
+    net: NASRecNet, transform: FeatureTransform, schema: DatasetSchema, test: dict[str, float] | None = None
+) -> dict[str, str]:
+    """What the graph records about itself; `test` (the evaluate step's AUC and log loss) lets a later
+    run's quality gate compare itself with this model once it is served."""
+    tested = (
+        {} if test is None else {"test_auc": repr(float(test["auc"])), "test_log_loss": repr(float(test["log_loss"]))}
+    )
+    return tested | {
         "architecture": net.arch.to_json(),
         "input_schema": json.dumps(net.schema.to_dict()),
         "dataset_schema": schema.name,
@@ -219,10 +226,12 @@ def export_model(
     data_dir: Path | None = None,
     rows: int = PARITY_ROWS,
     external_data: bool | None = None,
+    test: dict[str, float] | None = None,
 ) -> ExportResult:
     """Export the NASRecNet in `model_dir` (finetune's winner/) into `out`, checked on `rows` validation rows.
 
-    The data folder defaults to the one fine-tuning recorded in `model_dir/metrics.json`.
+    The data folder defaults to the one fine-tuning recorded in `model_dir/metrics.json`; `test` (the
+    evaluate step's metrics) is recorded in the metadata.
     """
     model_dir, out = Path(model_dir), Path(out)
     checkpoint = model_dir / "checkpoint.pt"
@@ -245,7 +254,7 @@ def export_model(
     net.eval()
     schema = load_dataset_schema(data_dir, transform)
     dense, sparse = parity_rows(data_dir, transform, rows)
-    metadata = model_metadata(net, transform, schema)
+    metadata = model_metadata(net, transform, schema, test)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -259,7 +259,8 @@ def _model_names(repository: Path) -> tuple[str, ...]:
 
 
 def serve_forever(server: TritonServer) -> int:
-    """Run until SIGTERM or Ctrl-C, then stop the server cleanly; returns its exit code."""
+    """Run (starting it unless it is running) until SIGTERM or Ctrl-C, then stop the server cleanly; returns its
+    exit code."""
     stopping = []
 
     def request_stop(signum: int, frame: object) -> None:
@@ -267,7 +268,8 @@ def serve_forever(server: TritonServer) -> int:
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.start()
+        if server.process is None:
+            server.start()
         print(f"Triton serving {', '.join(server.models)} at {server.url} (gRPC); log: {server.log_file}", flush=True)
         while not stopping:
             if server.process.poll() is not None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
+
+from components.steps.search import SearchRun
+from model.search import FitnessConfig, SearchConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RAW = {"criteo": SHARED_DATA / "criteo_kaggle_10k" / "train.txt", "avazu": SHARED_DATA / "avazu_10k" / "train.csv"}
@@ -50,3 +55,28 @@ def ingest_shared(tmp_path_factory: pytest.TempPathFactory):
         return done[name]
 
     return get
+
+
+CPU = torch.device("cpu")
+TINY_SEARCH = SearchRun(
+    search=SearchConfig(
+        population=6, generations=3, sample_size=3, children=2, fitness=FitnessConfig(40, 0.04, 4), seed=1
+    ),
+    finetune_batches=3,
+    eval_batches=2,
+    batch_size=256,
+    top_k=3,
+)
+TINY_SUBNET_FITNESS = FitnessConfig(finetune_steps=10, finetune_lr=0.05, finetune_warmup_steps=1, method="subnet")
+TINY_SUBNET_SEARCH = replace(TINY_SEARCH, search=replace(TINY_SEARCH.search, fitness=TINY_SUBNET_FITNESS))
+
+
+@pytest.fixture(scope="session")
+def supernet_dir(ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo-space supernet trained 300 steps on `ingested`."""
+    from components.steps.train_supernet import SupernetRun, train_supernet
+
+    out = tmp_path_factory.mktemp("supernet")
+    run = SupernetRun(steps=300, batch_size=128, lr=0.05, checkpoint_every=100, progress=False)
+    train_supernet(ingested, out, run, CPU)
+    return out

@@ -48,12 +48,12 @@ def test_every_option_of_the_model_steps_is_explained(command):
 
 
 def test_cli_choices_are_the_library_names():
+    from components.steps import search
     from model.training import OPTIMIZERS
-    from pipelines import steps
     from pipelines.cli import FINETUNE_SPLITS, OPTIMIZER_NAMES
 
     assert sorted(OPTIMIZER_NAMES) == sorted(OPTIMIZERS)
-    assert FINETUNE_SPLITS == steps.FINETUNE_SPLITS
+    assert FINETUNE_SPLITS == search.FINETUNE_SPLITS
 
 
 def test_fitness_options_take_each_methods_defaults_unless_given():
@@ -72,7 +72,8 @@ def test_fitness_options_take_each_methods_defaults_unless_given():
 
 
 def test_model_steps_through_the_cli(ingested, tmp_path, capsys):
-    """train-supernet -> search -> finetune (in two processes), and a clear error for a missing checkpoint."""
+    """train-supernet -> search -> finetune (in two processes) -> evaluate with its gate both ways, and a clear
+    error for a missing checkpoint."""
     data = ["--data", str(ingested), "--device", "cpu"]
     main(["train-supernet", *data, "--steps", "6", "--batch-size", "64", "--out", str(tmp_path / "s")])
     search = ["--population", "3", "--generations", "1", "--sample-size", "2", "--children", "1"]
@@ -82,6 +83,13 @@ def test_model_steps_through_the_cli(ingested, tmp_path, capsys):
     finetune = ["--architectures", str(top), "--top-k", "2", "--steps", "4", "--workers", "2"]
     main(["finetune", *data, *finetune, "--out", str(tmp_path / "f")])
     assert (tmp_path / "f" / "winner" / "architecture.json").exists()
-    assert re.search(r"winner: candidate [01]: test AUC", capsys.readouterr().out)
+    assert re.search(r"winner: candidate [01]: validation AUC", capsys.readouterr().out)
+    evaluate = ["evaluate", "--model", str(tmp_path / "f" / "winner"), *data, "--out", str(tmp_path / "e")]
+    main([*evaluate, "--min-auc", "0"])
+    printed = capsys.readouterr().out
+    assert re.search(r"test AUC 0\.\d{4}, log loss \d\.\d{4}; deploy: .*no model is served yet", printed)
+    with pytest.raises(SystemExit) as gate:
+        main([*evaluate, "--min-auc", "1"])
+    assert gate.value.code == 3 and "keep: test AUC" in capsys.readouterr().out
     with pytest.raises(SystemExit, match=r"nasrec search: error: .*missing\.pt: not a readable checkpoint"):
         main(["search", *data, "--supernet", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "y")])

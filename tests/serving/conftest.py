@@ -5,19 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
+from components.steps.finetune import FinetuneRun, finetune
 from features.ingest import IngestResult
-from features.schema import DatasetSchema
 from model.arch import Architecture
 from model.network import NASRecNet
 from model.sampling import ArchitectureSampler
 from model.space import get_space
 from model.trainer import load_model
-from pipelines.steps import FinetuneRun, finetune
-from serving.client import RowChecker
 from serving.export import export_model
 
 
@@ -72,21 +69,3 @@ def criteo_exported(ingest_shared, tmp_path_factory) -> Exported:
 def avazu_exported(ingest_shared, tmp_path_factory) -> Exported:
     _, data = ingest_shared("avazu")
     return train_and_export(data, tmp_path_factory.mktemp("avazu_served"))
-
-
-def raw_rows(raw: Path, schema: DatasetSchema, event_ids: list[int]) -> list[dict]:
-    """The log's rows `event_ids` (0-based data rows) as a client sends them: the request's fields, raw values
-    (integers for Criteo's counts, strings for categories, None where the log is empty)."""
-    frame = pd.read_csv(
-        raw,
-        sep=schema.delimiter,
-        header=0 if schema.header else None,
-        names=None if schema.header else list(schema.columns),
-        dtype=str,
-        keep_default_na=False,
-    ).iloc[event_ids]
-    fields = RowChecker(schema).fields
-    return [
-        {f: None if row[f] == "" else int(row[f]) if f in schema.dense else row[f] for f in fields}
-        for row in frame.to_dict("records")
-    ]

@@ -15,11 +15,11 @@ import pytest
 
 from features.schema import DatasetSchema
 from pipelines.cli import main
-from serving.client import CTRClient, read_rows
+from serving.client import CTRClient, log_rows, read_rows
 from serving.errors import RowError
 from serving.server import free_port
 from tests.conftest import shared
-from tests.serving.conftest import Exported, raw_rows
+from tests.serving.conftest import Exported
 
 NASREC = [sys.executable, "-m", "pipelines.cli"]
 
@@ -50,8 +50,10 @@ def test_export_deploy_serve_predict_and_stop_on_sigterm(criteo_exported: Export
     export, repository = tmp_path / "export", tmp_path / "repository"
     main(["export", "--model", str(criteo_exported.models[0]), "--out", str(export), "--rows", "500"])
     assert "matches PyTorch on 500 validation rows" in capsys.readouterr().out
-    main(["deploy", "--export", str(export), "--repository", str(repository)])
+    main(["deploy", "--export", str(export), "--repository", str(repository)])  # checked on a local Triton
     assert (repository / "nasrec_ctr" / "1" / "model.onnx").exists()
+    assert "checked over gRPC: 64 test rows equal ONNX Runtime's" in capsys.readouterr().out
+    assert processes_serving(repository) == []  # the check's server is stopped
 
     port = free_port()
     server = subprocess.Popen(
@@ -64,7 +66,7 @@ def test_export_deploy_serve_predict_and_stop_on_sigterm(criteo_exported: Export
         banner = server.stdout.readline()
         assert f"at 127.0.0.1:{port}" in banner, banner + server.stdout.read()
         schema = DatasetSchema.load(export / "schema.yaml")
-        rows = raw_rows(shared("criteo"), schema, list(range(20)))
+        rows = log_rows([shared("criteo")], schema, list(range(20)))
         url = f"127.0.0.1:{port}"
         answered = nasrec(
             "predict",
@@ -89,6 +91,7 @@ def test_export_deploy_serve_predict_and_stop_on_sigterm(criteo_exported: Export
             "deploy", "--export", str(criteo_exported.exports[1]), "--repository", str(repository), "--url", url
         )
         assert loaded.returncode == 0 and "loaded nasrec_ctr version 2" in loaded.stdout, loaded.stderr
+        assert "checked over gRPC: 64 test rows" in loaded.stdout
         assert processes_serving(repository)
     finally:
         server.send_signal(signal.SIGTERM)

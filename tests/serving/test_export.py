@@ -10,6 +10,8 @@ import onnx
 import pytest
 import torch
 
+from components.steps.evaluate import served_model
+from components.steps.export import ExportRun, export
 from features.transform import FeatureTransform
 from model.network import InputSchema, NASRecNet
 from model.ops import OPERATORS
@@ -24,6 +26,7 @@ from serving.export import (
     read_metadata,
     weights_sha256,
 )
+from serving.repository import ServingConfig, add_version
 from tests.serving.conftest import Exported, architecture_with
 
 SCHEMA = InputSchema(num_dense=13, cardinalities=(50,) * 26)
@@ -121,3 +124,16 @@ def test_export_refuses_what_it_cannot_serve(criteo_exported: Exported, tmp_path
     with pytest.raises(ExportError, match="was it trained on other data"):
         export_model(criteo_exported.models[0], tmp_path / "out", data_dir=other)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_export_step_records_the_test_metrics_the_next_gate_compares_with(
+    criteo_exported: Exported, tmp_path
+) -> None:
+    evaluation = tmp_path / "evaluation.json"
+    evaluation.write_text(json.dumps({"test": {"auc": 0.7123456789, "log_loss": 0.45, "rows": 1000}}))
+    record = export(criteo_exported.models[0], None, tmp_path / "export", ExportRun(rows=200), evaluation)
+    assert record["parity"]["rows"] == 200
+    metadata = read_metadata(tmp_path / "export" / MODEL_FILE)
+    assert float(metadata["test_auc"]) == 0.7123456789 and float(metadata["test_log_loss"]) == 0.45
+    add_version(tmp_path / "export", tmp_path / "repository", "ctr", ServingConfig())
+    assert served_model(str(tmp_path / "repository"), "ctr") == {"version": 1, "test_auc": 0.7123456789}

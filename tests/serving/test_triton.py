@@ -17,14 +17,14 @@ import torch
 from features.ingest import OnlineFeatures
 from features.readers import EVENT_ID, EVENT_TIMESTAMP
 from features.schema import DatasetSchema
-from serving.client import CTRClient, load_model
+from serving.client import CTRClient, load_model, log_rows
 from serving.errors import RowError, ServingError
 from serving.export import CTRProbability
 from serving.interface import DEFAULT_MODEL
 from serving.repository import ServingConfig, add_version
 from serving.server import TritonServer
 from tests.conftest import shared
-from tests.serving.conftest import Exported, raw_rows
+from tests.serving.conftest import Exported
 
 MODEL = DEFAULT_MODEL
 
@@ -50,7 +50,7 @@ def test_criteo_raw_rows_get_the_pytorch_probabilities_over_grpc(criteo_exported
     repository = tmp_path / "repository"
     add_version(criteo_exported.exports[0], repository, MODEL, ServingConfig())
     validation = validation_rows(criteo_exported)
-    rows = raw_rows(shared("criteo"), schema, validation[EVENT_ID].tolist())
+    rows = log_rows([shared("criteo")], schema, validation[EVENT_ID].tolist())
     assert len(rows) >= 1000
     dense = validation[list(schema.dense)].to_numpy(np.float32)
     sparse = validation[list(schema.categorical_names)].to_numpy(np.int64)
@@ -157,7 +157,7 @@ def test_avazu_rows_get_their_entity_features_from_the_online_store(avazu_export
     online = OnlineFeatures(data.repo, schema, data.transform)
     online.materialize(events[EVENT_TIMESTAMP].min(), events[EVENT_TIMESTAMP].max() + timedelta(hours=1))
     ids = validation_rows(avazu_exported)[EVENT_ID].tolist()
-    rows = raw_rows(shared("avazu"), schema, ids)
+    rows = log_rows([shared("avazu")], schema, ids)
     assert len(rows) >= 900 and all("device_model" not in r and "device_id" in r for r in rows)
     # what the online store holds for these rows' entities, read through Feast's SDK (not the client's path)
     refs = [f"{schema.name}_{e.name}_fv:{f}" for e in schema.entities for f in e.features]

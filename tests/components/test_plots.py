@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipelines.plots import pareto_front, plot_auc_vs_mflops, plot_search_trajectory
+from components.steps.plots import pareto_front, plot_auc_vs_mflops, plot_search_trajectory
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -1,0 +1,33 @@
+"""Kubeflow component: the winner's test metrics and the quality gate; its answer decides deployment."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
+
+from components.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def evaluate(
+    data: Input[Dataset],
+    winner: Input[Model],
+    min_auc: float,
+    repository: str,
+    model_name: str,
+    evaluation: Output[Metrics],
+    report: Output[Markdown],
+) -> bool:
+    """True when the test AUC reaches `min_auc` and the served model's (in `repository`, if any)."""
+    from pathlib import Path
+
+    from components.artifacts import log_metrics, step_log
+    from components.steps.common import resolve_device
+    from components.steps.evaluate import EvaluateRun
+    from components.steps.evaluate import evaluate as evaluate_step
+    from components.steps.evaluate import report as gate_report
+
+    with step_log("evaluate"):
+        run = EvaluateRun.from_dict({"min_auc": min_auc, "repository": repository, "model_name": model_name})
+        result = evaluate_step(Path(winner.path), Path(data.path), None, run, resolve_device())
+        Path(report.path).write_text(gate_report(result))
+        log_metrics(evaluation, result)  # its file is the whole evaluation: export reads the test metrics there
+        return result["deploy"]

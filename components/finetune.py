@@ -1,0 +1,35 @@
+"""Kubeflow component: the search's top architectures trained, the best on validation kept."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.images import CUDA_IMAGE
+
+
+@dsl.component(base_image=CUDA_IMAGE, install_kfp_package=False)
+def finetune(
+    data: Input[Dataset],
+    history: Input[Dataset],
+    top_k: int,
+    epochs: float,
+    seed: int,
+    winner: Output[Model],
+    metrics: Output[Metrics],
+):
+    """Train the first `top_k` architectures of the search for `epochs` epochs; the winner is a NASRecNet."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from components.artifacts import log_metrics, step_log
+    from components.steps.common import resolve_device
+    from components.steps.finetune import FinetuneRun, read_architectures
+    from components.steps.finetune import finetune as finetune_step
+
+    with step_log("finetune"):
+        run = FinetuneRun.from_dict({"epochs": epochs, "seed": seed, "progress": False})
+        architectures = read_architectures(Path(history.path) / "top_k.json", top_k)
+        with tempfile.TemporaryDirectory() as work:  # the candidates' checkpoints; the winner's is moved out
+            result = finetune_step(architectures, Path(data.path), Path(work), run, resolve_device())
+            shutil.move(Path(work) / "winner", winner.path)
+        log_metrics(metrics, result)

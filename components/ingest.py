@@ -1,0 +1,29 @@
+"""Kubeflow component: raw logs -> Feast -> train/validation/test splits and the fitted transform."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Metrics, Output
+
+from components.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def ingest(
+    raw_files: list,
+    schema: str,
+    folds: str,
+    fold: int,
+    data_digest: str,
+    data: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """Ingest raw log files through Feast. `folds` (a row,fold file; empty: split by time) picks the split;
+    `data_digest` (of the files' names, sizes and times) makes changed files a new cache key."""
+    from pathlib import Path
+
+    from components.artifacts import log_metrics, step_log
+    from components.steps.ingest import IngestRun
+    from components.steps.ingest import ingest as ingest_step
+
+    with step_log("ingest"):
+        run = IngestRun.from_dict({"schema": schema, "folds": folds or None, "fold": fold})
+        log_metrics(metrics, ingest_step([Path(f) for f in raw_files], Path(data.path), run))

@@ -1,0 +1,50 @@
+"""Kubeflow component: regularised evolution over the supernet's subnets."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
+
+from components.images import CUDA_IMAGE
+
+
+@dsl.component(base_image=CUDA_IMAGE, install_kfp_package=False)
+def search(
+    data: Input[Dataset],
+    supernet: Input[Model],
+    population: int,
+    generations: int,
+    top_k: int,
+    max_mflops: float,
+    fitness_steps: int,
+    seed: int,
+    history: Output[Dataset],
+    plots: Output[HTML],
+    top_architectures: Output[Markdown],
+    metrics: Output[Metrics],
+):
+    """Search with a population of `population` for `generations` generations; candidates are scored after
+    `fitness_steps` steps of head fine-tuning; `max_mflops` > 0 rejects costlier architectures."""
+    import json
+    from pathlib import Path
+
+    from components.artifacts import images_page, log_metrics, step_log, top_k_table
+    from components.steps.common import resolve_device
+    from components.steps.search import SearchRun
+    from components.steps.search import search as search_step
+
+    with step_log("search"):
+        evolution = {
+            "population": population,
+            "generations": generations,
+            "sample_size": max(2, population // 2),
+            "children": max(1, population // 4),
+            "max_mflops": max_mflops or None,
+            "seed": seed,
+            "fitness": {"finetune_steps": fitness_steps, "finetune_warmup_steps": fitness_steps // 10},
+        }
+        run = SearchRun.from_dict({"search": evolution, "top_k": top_k})
+        checkpoint = Path(supernet.path) / "checkpoint.pt"
+        summary = search_step(checkpoint, Path(data.path), Path(history.path), run, resolve_device())
+        out = Path(history.path)
+        Path(plots.path).write_text(images_page("search", [out / "search_trajectory.png", out / "auc_vs_mflops.png"]))
+        Path(top_architectures.path).write_text(top_k_table(json.loads((out / "top_k.json").read_text())))
+        log_metrics(metrics, summary)

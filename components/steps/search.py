@@ -1,0 +1,158 @@
+"""search: regularised evolution over a trained supernet, each candidate scored with inherited weights."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.steps.common import StepConfig, progress_printer, write_json
+from components.steps.data import IngestedData
+from components.steps.plots import plot_auc_vs_mflops, plot_search_trajectory
+from model.arch import Architecture
+from model.search import (
+    FitnessConfig,
+    SearchConfig,
+    SearchHistory,
+    WorkerPool,
+    build_fitness,
+    regularized_evolution,
+    top_k,
+)
+from model.supernet import Supernet
+from model.trainer import load_model
+from model.training import Batch
+
+FINETUNE_SPLITS = ("train", "validation")
+
+
+@dataclass(frozen=True)
+class SearchRun(StepConfig):
+    search: SearchConfig = field(default_factory=SearchConfig)
+    finetune_batches: int = 16  # distinct batches the head fine-tuning cycles through (the subnet takes one per step)
+    eval_batches: int = 8  # fixed validation batches every candidate is scored on
+    batch_size: int = 512
+    top_k: int = 15
+    workers: int = 1
+    # "validation": fine-tune on the validation batches after the scored ones. A supernet trained for
+    # many epochs has memorised its training rows, and a head fitted to their features over-trusts them.
+    finetune_split: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.finetune_split not in FINETUNE_SPLITS:
+            raise ValueError(f"finetune_split: {self.finetune_split!r} is not one of {', '.join(FINETUNE_SPLITS)}")
+        if self.search.fitness.method == "subnet" and self.finetune_split != "train":
+            raise ValueError(
+                "the subnet fitness trains whole subnets, on training rows only: use finetune_split 'train'"
+            )
+
+
+def fixed_batches(data: IngestedData, run: SearchRun, seed: int) -> tuple[list[Batch], list[Batch]]:
+    """The same fine-tuning batches (a seeded shuffle of train, or validation batches after the scored
+    ones; for the subnet fitness, one training batch per step) and evaluation batches (the first
+    validation batches) for every candidate."""
+    validation = data.batches("validation", run.batch_size)
+    evaluation = [b for _, b in zip(range(run.eval_batches), validation)]
+    if run.finetune_split == "validation":
+        finetune = [b for _, b in zip(range(run.finetune_batches), validation)]
+        if not finetune:
+            raise ValueError(
+                f"fine-tuning on validation: no validation rows are left after the {run.eval_batches} scored "
+                f"batches of {run.batch_size}; lower --eval-batches or fine-tune on train"
+            )
+        return finetune, evaluation
+    fitness = run.search.fitness
+    count = fitness.finetune_steps if fitness.method == "subnet" else run.finetune_batches
+    stream = data.train_stream(run.batch_size, seed)
+    return [next(stream) for _ in range(count)], evaluation
+
+
+def search_identity(options: dict[str, Any]) -> dict[str, Any]:
+    """What decides a search's history: any number of workers makes the same search; top-k only reads it."""
+    return {k: v for k, v in options.items() if k not in ("workers", "top_k")}
+
+
+def _with_defaults(defaults: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:
+    """`recorded` with the options it lacks, at any depth, taken from `defaults`."""
+    merged = dict(defaults)
+    for key, value in recorded.items():
+        nested = isinstance(value, dict) and isinstance(defaults.get(key), dict)
+        merged[key] = _with_defaults(defaults[key], value) if nested else value
+    return merged
+
+
+def search(supernet_path: Path, data_dir: Path, out: Path, run: SearchRun, device: torch.device) -> dict[str, Any]:
+    """Regularised evolution; writes history.jsonl, top_k.json, two plots and summary.json into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = IngestedData(data_dir)
+    supernet = load_model(supernet_path, device)
+    if not isinstance(supernet, Supernet):
+        raise ValueError(f"{supernet_path}: holds a {type(supernet).__name__}, not a supernet")
+    if supernet.schema != data.input_schema:
+        raise ValueError(f"{supernet_path}: trained on other features than {data_dir} provides")
+    identity = search_identity(
+        {"supernet": str(Path(supernet_path).resolve()), "data": str(Path(data_dir).resolve()), **run.to_dict()}
+    )
+    if (out / "search.json").exists():
+        # options added since a search was recorded take their defaults, so older searches still resume
+        recorded = search_identity(_with_defaults(SearchRun().to_dict(), json.loads((out / "search.json").read_text())))
+        if recorded != identity:
+            raise ValueError(f"{out}: holds a search with other inputs or options (search.json); use another --out")
+    write_json(out / "search.json", identity)
+    batches = fixed_batches(data, run, run.search.seed)
+    history = SearchHistory(out / "history.jsonl")
+    if history.records:
+        print(f"resuming: {len(history.records)} evaluations in {history.path} are reused")
+    with fitness_scores(supernet_path, supernet, batches, run.search.fitness, device, run.workers, out) as score:
+        records = regularized_evolution(
+            supernet.space,
+            supernet.schema,
+            lambda archs: list(score(archs)),
+            run.search,
+            history,
+            supernet.use_layernorm,
+            progress=progress_printer("search"),
+        )
+    best = top_k(records, run.top_k)
+    write_json(out / "top_k.json", best)
+    plot_search_trajectory(records, out / "search_trajectory.png")
+    plot_auc_vs_mflops(records, out / "auc_vs_mflops.png")
+    summary = {
+        "evaluations": len(records),
+        "best": best[0],
+        "config": run.to_dict(),
+        "artifacts": ["history.jsonl", "top_k.json", "search_trajectory.png", "auc_vs_mflops.png"],
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+@contextlib.contextmanager
+def fitness_scores(
+    supernet_path: Path,
+    supernet: Supernet,
+    batches: tuple[list[Batch], list[Batch]],
+    config: FitnessConfig,
+    device: torch.device,
+    workers: int,
+    out: Path,
+) -> Iterator[Callable[[list[Architecture]], Iterator[dict[str, Any]]]]:
+    """A function scoring architectures in order: in this process, or in `workers` processes that each
+    load the supernet and the fixed batches (passed through OUT/fitness_batches.pt, removed after) once."""
+    if workers <= 1:
+        fitness = build_fitness(supernet, *batches, config, device)
+        yield lambda archs: map(fitness, archs)
+        return
+    batches_path = out / "fitness_batches.pt"
+    torch.save({"finetune": batches[0], "eval": batches[1]}, batches_path)
+    pool = WorkerPool(supernet_path, batches_path, config, device, workers)
+    try:
+        yield pool.imap
+    finally:
+        pool.close()
+        batches_path.unlink()  # the subnet fitness's batches run to 100 MB; the workers have read them

@@ -1,0 +1,28 @@
+"""Kubeflow component: the weight-sharing supernet, trained on the training split."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.images import CUDA_IMAGE
+
+
+@dsl.component(base_image=CUDA_IMAGE, install_kfp_package=False)
+def train_supernet(
+    data: Input[Dataset],
+    space: str,
+    steps: int,
+    seed: int,
+    supernet: Output[Model],
+    metrics: Output[Metrics],
+):
+    """Train a supernet over search space `space` for `steps` steps, on a GPU when the pod has one."""
+    from pathlib import Path
+
+    from components.artifacts import log_metrics, step_log
+    from components.steps.common import resolve_device
+    from components.steps.train_supernet import SupernetRun
+    from components.steps.train_supernet import train_supernet as train_step
+
+    with step_log("train_supernet"):
+        run = SupernetRun.from_dict({"space": space, "steps": steps, "seed": seed, "progress": False})
+        log_metrics(metrics, train_step(Path(data.path), Path(supernet.path), run, resolve_device()))

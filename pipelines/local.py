@@ -1,0 +1,262 @@
+"""The pipeline on one machine: `kfp.local` runs each step as a subprocess of this environment, with kfp's
+local cache (a rerun reuses the finished steps), then the local Triton answers CTR requests for held-out
+rows of the log.
+
+    runs/pipeline/                  (--out)
+        data/                       the synthetic log, when no data is given
+        outputs/nasrec-<time>/      each step's artifacts, one folder a step and output
+        cache/                      kfp.local's cache entries
+        logs/<step>.log             each step's output of the latest run
+        triton/                     the model repository deploy writes and the server serves
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.artifacts import LOG_DIR_VARIABLE
+
+PRESETS = Path(__file__).with_name("presets")
+SYNTHETIC_OPTIONS = ("synthetic_rows", "synthetic_cardinality")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _WithoutExecutorEcho:
+    """Stdout without the hundreds of lines in which each kfp step echoes its whole input; the rest passes."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.skipping = False
+
+    def write(self, text: str) -> int:
+        if "Got executor_input:" in text:
+            self.skipping = True
+        elif self.skipping and "[KFP Executor" in text:
+            self.skipping = False
+        return len(text) if self.skipping else self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+class PipelineStepError(RuntimeError):
+    """A step of a local run failed; the message names it and its log."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Named pipeline parameters (`pipelines/presets/<name>.yaml`), and the synthetic log used without data."""
+
+    parameters: dict[str, Any]
+    synthetic_rows: int = 200_000
+    synthetic_cardinality: int = 1000
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> Preset:
+        path = Path(name_or_path)
+        if not path.suffix:
+            path = PRESETS / f"{name_or_path}.yaml"
+            if not path.exists():
+                known = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+                raise ValueError(f"unknown preset {name_or_path!r}; known: {known} (or a YAML file's path)")
+        data = yaml.safe_load(path.read_text()) or {}
+        unknown = sorted(set(data) - {"parameters", *SYNTHETIC_OPTIONS})
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}; allowed: parameters, {', '.join(SYNTHETIC_OPTIONS)}")
+        return cls(
+            parameters=dict(data.get("parameters") or {}), **{k: data[k] for k in SYNTHETIC_OPTIONS if k in data}
+        )
+
+
+def pipeline_parameters() -> dict[str, Any]:
+    """The pipeline's parameters with their defaults (None where one must be given)."""
+    from pipelines.pipeline import nasrec_pipeline
+
+    inputs = nasrec_pipeline.component_spec.inputs
+    return {name: spec.default for name, spec in inputs.items()}
+
+
+def check_parameters(parameters: dict[str, Any]) -> None:
+    known = pipeline_parameters()
+    unknown = sorted(set(parameters) - set(known))
+    if unknown:
+        raise ValueError(f"unknown pipeline parameter(s) {unknown}; known: {sorted(known)}")
+
+
+def data_digest(paths: list[str]) -> str:
+    """Changes when a file is replaced or rewritten: names, sizes and modification times (not the bytes, which
+    for a large log would cost a full read on every run)."""
+    digest = hashlib.sha256()
+    for path in map(Path, paths):
+        stat = path.stat()
+        digest.update(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class LocalRun:
+    """What a local run produced: the pipeline's outputs (artifacts as local paths), and where things are."""
+
+    out: Path
+    parameters: dict[str, Any]
+    outputs: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def repository(self) -> Path:
+        return Path(self.parameters["repository"])
+
+    def artifact(self, name: str) -> Path:
+        return Path(self.outputs[name].path)
+
+
+def synthetic_log(out: Path, schema: str, preset: Preset, seed: int) -> Path:
+    """A teacher-labelled log in the schema's format (written once; a rerun finds it)."""
+    from features.schema import load_schema
+    from features.synthetic import write_synthetic_log
+
+    path = out / "data" / f"synthetic_{Path(schema).stem}_{preset.synthetic_rows}_seed{seed}.txt"
+    if not path.exists():
+        print(f"writing {preset.synthetic_rows:,} synthetic rows (teacher labels) to {path}", flush=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        write_synthetic_log(load_schema(schema), partial, preset.synthetic_rows, seed, preset.synthetic_cardinality)
+        partial.replace(path)
+    return path
+
+
+def run_local(parameters: dict[str, Any], out: Path, preset: Preset | None = None) -> LocalRun:
+    """Run the pipeline with `parameters` (over the pipeline's defaults) under `out`; without raw files, on
+    the preset's synthetic log. Raises PipelineStepError naming the failed step and its log."""
+    from kfp import local
+
+    from pipelines.pipeline import nasrec_pipeline
+
+    check_parameters(parameters)
+    out = Path(out).absolute()
+    parameters = {k: v for k, v in pipeline_parameters().items() if v is not None} | parameters
+    parameters["repository"] = parameters["repository"] or str(out / "triton")
+    if not parameters.get("raw_files"):
+        schema = parameters.get("schema", pipeline_parameters()["schema"])
+        parameters["raw_files"] = [str(synthetic_log(out, schema, preset or Preset({}), parameters.get("seed", 0)))]
+    parameters["raw_files"] = [str(Path(p).absolute()) for p in parameters["raw_files"]]
+    parameters.setdefault("data_digest", data_digest(parameters["raw_files"]))
+    logs = out / "logs"
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(out / "outputs"),
+        enable_caching=True,
+        cache_root=str(out / "cache"),
+    )
+    previous = os.environ.get(LOG_DIR_VARIABLE)
+    os.environ[LOG_DIR_VARIABLE] = str(logs)
+    started = time.perf_counter()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(_WithoutExecutorEcho(sys.stdout)):
+            # settings that only a cluster uses, and our image names, are expected here
+            warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            task = nasrec_pipeline(**parameters)
+    except RuntimeError as error:
+        failed = re.findall(r"Inner task failed: (.*?)\.?$", ANSI.sub("", str(error)))
+        step = failed[0].split(" inside ")[0].strip("'\"") if failed else "unknown"
+        log = logs / f"{step.replace('-', '_')}.log"
+        raise PipelineStepError(f"step {step!r} failed; its log: {log}") from None
+    finally:
+        if previous is None:
+            os.environ.pop(LOG_DIR_VARIABLE, None)
+        else:
+            os.environ[LOG_DIR_VARIABLE] = previous
+    return LocalRun(out, parameters, dict(task.outputs), time.perf_counter() - started)
+
+
+def step_times(run: LocalRun, steps: tuple[str, ...]) -> dict[str, str]:
+    """Each step's time in this run, from the last line of its log; steps the cache answered say so."""
+    times = {}
+    for step in steps:
+        log = run.out / "logs" / f"{step}.log"
+        ran = log.exists() and log.stat().st_mtime >= time.time() - run.seconds - 1
+        last = log.read_text().strip().splitlines()[-1] if ran else ""
+        times[step] = last.removeprefix(f"{step} ").removeprefix("took ") if ran else "reused from the cache"
+    return times
+
+
+def held_out_requests(run: LocalRun, count: int) -> tuple[list[dict[str, Any]], list[float]]:
+    """The first `count` test events of the log as raw request rows, and their labels."""
+    import pyarrow.parquet as pq
+
+    from features.readers import EVENT_ID
+    from features.schema import load_schema
+    from features.transform import LABEL
+    from serving.client import log_rows
+
+    test = pq.read_table(run.artifact("data") / "test.parquet", columns=[EVENT_ID, LABEL]).slice(0, count)
+    events = test[EVENT_ID].to_pylist()
+    rows = log_rows(run.parameters["raw_files"], load_schema(run.parameters["schema"]), events)
+    return rows, test[LABEL].to_pylist()
+
+
+STEPS = ("ingest", "train_supernet", "search", "finetune", "evaluate", "export", "deploy")
+
+
+def summarise(run: LocalRun) -> None:
+    """Print each step's time, the test metrics, the gate's decision and where every artifact lives."""
+    import json
+
+    evaluation = json.loads(run.artifact("evaluation").read_text())
+    print(f"\npipeline finished in {run.seconds:.0f} s; each step:")
+    for step, took in step_times(run, STEPS).items():
+        print(f"  {step:15s} {took}")
+    test = evaluation["test"]
+    print(f"test AUC {test['auc']:.4f}, log loss {test['log_loss']:.4f} on {test['rows']:,} rows")
+    print(f"quality gate: {'deployed' if run.outputs['deployed'] else 'not deployed'}: {evaluation['reason']}")
+    print("artifacts:")
+    for name in ("data", "supernet", "history", "winner", "evaluation"):
+        print(f"  {name:15s} {run.artifact(name)}")
+    print(f"  {'repository':15s} {run.repository}")
+    print(f"  {'step logs':15s} {run.out / 'logs'}")
+
+
+def serve_held_out(run: LocalRun, count: int, keep_serving: bool = False) -> None:
+    """Start the local Triton on the run's repository and print its click probabilities for `count` held-out
+    raw rows next to their labels; stop it, or with `keep_serving` serve until SIGTERM or Ctrl-C."""
+    from serving.client import CTRClient
+    from serving.repository import versions
+    from serving.server import TritonServer, serve_forever
+
+    model = run.parameters["model_name"]
+    if not versions(run.repository / model):
+        print(f"no version of {model!r} in {run.repository} to serve")
+        return
+    rows, labels = held_out_requests(run, count)
+    server = TritonServer(run.repository, models=(model,)).start()
+    try:
+        with CTRClient.from_repository(server.url, run.repository, model) as client:
+            probabilities = client.predict(rows)
+            version = client.bundle.version
+        print(f"\nTriton at {server.url} (gRPC), {model} version {version}, on {len(rows)} held-out raw rows:")
+        print("  probability  label")
+        for probability, label in zip(probabilities, labels):
+            print(f"  {probability:11.4f}  {label:5.0f}")
+    except BaseException:
+        server.stop()
+        raise
+    if keep_serving:
+        serve_forever(server)
+    else:
+        server.stop()
+        print("stopped Triton (rerun with --serve, or SERVE=1 with make run, to keep it up)")

@@ -1,0 +1,131 @@
+"""The NASRec pipeline: raw logs -> Feast -> supernet -> search -> fine-tuning -> quality gate -> ONNX -> Triton.
+
+The same definition runs on Kubeflow Pipelines (compiled to `nasrec_pipeline.yaml` beside this file) and on
+one machine (`kfp.local`, see `pipelines.local`). Pure steps are cached: a rerun with the same inputs reuses
+them. The gate (evaluate) and deploy read and write the served repository, so they always run.
+"""
+
+from pathlib import Path
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Dataset, Metrics, Model
+
+from components.deploy import deploy
+from components.evaluate import evaluate
+from components.export import export
+from components.finetune import finetune
+from components.ingest import ingest
+from components.search import search
+from components.train_supernet import train_supernet
+from pipelines import COMPILED_PIPELINE
+from serving.interface import DEFAULT_MODEL
+
+PIPELINE_NAME = "nasrec"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+class PipelineOutputs(NamedTuple):
+    data: Dataset
+    supernet: Model
+    history: Dataset
+    winner: Model
+    evaluation: Metrics
+    deployed: bool
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="NASRec: search, train and serve a CTR model (Feast -> supernet -> search -> Triton).",
+)
+def nasrec_pipeline(
+    raw_files: list,
+    schema: str = "criteo",
+    folds: str = "",
+    fold: int = 0,
+    data_digest: str = "",
+    space: str = "demo",
+    supernet_steps: int = 1500,
+    population: int = 16,
+    generations: int = 4,
+    top_k: int = 3,
+    max_mflops: float = 0.0,
+    fitness_steps: int = 100,
+    finetune_epochs: float = 1.0,
+    seed: int = 0,
+    gpus: int = 0,
+    min_auc: float = 0.5,
+    repository: str = "",
+    model_name: str = DEFAULT_MODEL,
+    serving_variant: str = "local",
+    triton_url: str = "",
+) -> PipelineOutputs:
+    """Train and, when the quality gate passes, serve a NASRecNet.
+
+    raw_files: raw log paths the ingest pod sees; schema: a built-in name or a schema YAML path; folds/fold: a
+    row,fold file and the test fold (empty: split by time); data_digest: changes when the files do (a cache
+    key). space: search-space preset; supernet_steps; population/generations/top_k/max_mflops (0: no limit)/
+    fitness_steps: the search budget; finetune_epochs; seed; gpus: GPUs for each training step (0: CPU).
+    min_auc: the gate's floor; repository: the Triton model repository served (its latest version is the
+    gate's other bar, and deploy adds the next one); serving_variant: local or production; triton_url: a
+    running Triton to load the new version into (empty: check it on a local Triton).
+    """
+    data = ingest(raw_files=raw_files, schema=schema, folds=folds, fold=fold, data_digest=data_digest)
+    data.set_display_name("Ingest through Feast")
+    supernet = train_supernet(data=data.outputs["data"], space=space, steps=supernet_steps, seed=seed)
+    supernet.set_display_name("Train supernet")
+    searched = search(
+        data=data.outputs["data"],
+        supernet=supernet.outputs["supernet"],
+        population=population,
+        generations=generations,
+        top_k=top_k,
+        max_mflops=max_mflops,
+        fitness_steps=fitness_steps,
+        seed=seed,
+    )
+    searched.set_display_name("Search architectures")
+    tuned = finetune(
+        data=data.outputs["data"], history=searched.outputs["history"], top_k=top_k, epochs=finetune_epochs, seed=seed
+    )
+    tuned.set_display_name("Fine-tune the top architectures")
+    for task in (supernet, searched, tuned):
+        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
+    gate = evaluate(
+        data=data.outputs["data"],
+        winner=tuned.outputs["winner"],
+        min_auc=min_auc,
+        repository=repository,
+        model_name=model_name,
+    )
+    gate.set_display_name("Evaluate: quality gate").set_caching_options(False)
+    with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a pipeline expression)
+        exported = export(
+            data=data.outputs["data"], winner=tuned.outputs["winner"], evaluation=gate.outputs["evaluation"]
+        )
+        exported.set_display_name("Export to ONNX")
+        served = deploy(
+            data=data.outputs["data"],
+            onnx_model=exported.outputs["onnx_model"],
+            repository=repository,
+            model_name=model_name,
+            variant=serving_variant,
+            triton_url=triton_url,
+        )
+        served.set_display_name("Deploy to Triton").set_caching_options(False)
+    return PipelineOutputs(
+        data=data.outputs["data"],
+        supernet=supernet.outputs["supernet"],
+        history=searched.outputs["history"],
+        winner=tuned.outputs["winner"],
+        evaluation=gate.outputs["evaluation"],
+        deployed=gate.outputs["Output"],
+    )
+
+
+def compile_pipeline(path: Path = COMPILED_PIPELINE) -> Path:
+    """Write the pipeline's Kubeflow YAML (what `nasrec pipeline submit` uploads)."""
+    from kfp import compiler
+
+    compiler.Compiler().compile(nasrec_pipeline, str(path))
+    return path

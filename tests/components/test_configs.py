@@ -1,0 +1,54 @@
+"""Every step's config round-trips through to_dict/from_dict and names the field at fault."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from components.steps.common import StepConfig, resolve_device
+from components.steps.deploy import DeployRun
+from components.steps.evaluate import EvaluateRun
+from components.steps.export import ExportRun
+from components.steps.finetune import FinetuneRun
+from components.steps.ingest import IngestRun
+from components.steps.search import SearchRun
+from components.steps.train_supernet import SupernetRun
+from model.search import FitnessConfig, SearchConfig
+from pipelines.studies import RankCorrRun
+
+CONFIGS = [
+    IngestRun(schema="avazu", folds=Path("folds.csv"), fold=3),
+    SupernetRun(space="nasrec-small", steps=40),
+    SearchRun(search=SearchConfig(population=4, children=2, max_mflops=0.3, fitness=FitnessConfig.for_method("head"))),
+    FinetuneRun(steps=7, warm_start=True),
+    EvaluateRun(min_auc=0.7, repository="runs/triton"),
+    ExportRun(rows=100, external_data=True),
+    DeployRun(max_batch_size=256, url="127.0.0.1:8001"),
+    RankCorrRun(architectures=3, train=FinetuneRun(steps=2)),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: type(c).__name__)
+def test_a_config_round_trips_through_json(config: StepConfig) -> None:
+    data = json.loads(json.dumps(config.to_dict()))
+    assert type(config).from_dict(data) == config
+    assert type(config).from_dict({}) == type(config)()  # every field has a default
+
+
+def test_a_bad_config_names_the_field_at_fault() -> None:
+    with pytest.raises(ValueError, match=r"SupernetRun: unknown field\(s\) \['stpes'\]; allowed: \['space'"):
+        SupernetRun.from_dict({"stpes": 10})
+    with pytest.raises(ValueError, match=r"SupernetRun\.steps: expected int, got 'ten'"):
+        SupernetRun.from_dict({"steps": "ten"})
+    with pytest.raises(ValueError, match=r"SearchRun\.search\.fitness: unknown field\(s\) \['lr'\]"):
+        SearchRun.from_dict({"search": {"fitness": {"lr": 0.1}}})
+    with pytest.raises(ValueError, match=r"SearchRun\.search: expected a mapping of fields, got int"):
+        SearchRun.from_dict({"search": 3})
+    with pytest.raises(ValueError, match=r"EvaluateRun\.min_auc: expected float, got True"):
+        EvaluateRun.from_dict({"min_auc": True})
+    with pytest.raises(ValueError, match=r"min_auc: must be in \[0, 1\], got 2"):
+        EvaluateRun.from_dict({"min_auc": 2})
+    with pytest.raises(ValueError, match=r"device: one of \['auto', 'cpu', 'cuda'\] or cuda:N, got 'tpu'"):
+        resolve_device("tpu")
