@@ -27,8 +27,9 @@ $(TRITON_STAMP): serving/runtime-requirements.txt
 
 serving-env: $(TRITON_STAMP)
 
+# DATA=files SCHEMA=criteo|avazu|schema.yaml run on your own log; SERVE=1 keeps Triton up at the end.
 run: $(STAMP) $(TRITON_STAMP)
-	$(VENV)/bin/nasrec demo
+	$(VENV)/bin/nasrec pipeline run-local --preset demo $(if $(DATA),--data $(DATA)) $(if $(SCHEMA),--schema $(SCHEMA)) $(if $(SERVE),--serve)
 
 test: $(STAMP) $(TRITON_STAMP)
 	$(PY) -m pytest -q

@@ -30,22 +30,6 @@ def _schema(args: argparse.Namespace):
     return InputSchema(args.num_dense, tuple(args.cardinalities))
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
-    from pipelines.demo import DemoConfig, run_demo
-
-    run_demo(
-        DemoConfig(
-            rows=args.rows,
-            space=args.space,
-            steps=args.steps,
-            warmup_steps=args.warmup_steps,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            out=args.out,
-        )
-    )
-
-
 def cmd_spaces(args: argparse.Namespace) -> None:
     from model.space import SPACES
 
@@ -259,23 +243,6 @@ def cmd_pipeline_schedule(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nasrec", description="NASRec: search, train and serve CTR models.")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    demo = sub.add_parser(
-        "demo", help="ingest a synthetic log through Feast, train a supernet briefly, evaluate a sampled subnet"
-    )
-    demo.add_argument("--space", default="demo", help="search space preset (see `nasrec spaces`); default: demo")
-    demo.add_argument("--steps", type=int, default=1500, help="supernet training steps (default: 1500)")
-    demo.add_argument(
-        "--warmup-steps",
-        type=int,
-        default=300,
-        help="steps over which the full-path probability falls from 1 to 0 (default: 300)",
-    )
-    demo.add_argument("--batch-size", type=int, default=512, help="rows per step (default: 512)")
-    demo.add_argument("--rows", type=int, default=300_000, help="synthetic log rows to ingest (default: 300000)")
-    demo.add_argument("--seed", type=int, default=0, help="seeds data, weights and sampling (default: 0)")
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
-    demo.set_defaults(func=cmd_demo)
 
     ingest = sub.add_parser(
         "ingest", help="raw logs -> Feast offline store -> point-in-time train/validation/test splits"

@@ -30,6 +30,8 @@ from components.artifacts import LOG_DIR_VARIABLE
 PRESETS = Path(__file__).with_name("presets")
 SYNTHETIC_OPTIONS = ("synthetic_rows", "synthetic_cardinality")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+STEPS = ("ingest", "train_supernet", "search", "finetune", "evaluate", "export", "deploy")
+GATED_STEPS = ("export", "deploy")
 
 
 class _WithoutExecutorEcho:
@@ -185,13 +187,17 @@ def run_local(parameters: dict[str, Any], out: Path, preset: Preset | None = Non
 
 
 def step_times(run: LocalRun, steps: tuple[str, ...]) -> dict[str, str]:
-    """Each step's time in this run, from the last line of its log; steps the cache answered say so."""
+    """Each step's time in this run, from the last line of its log; or whether the cache answered for it, or
+    the gate kept it from running."""
     times = {}
     for step in steps:
         log = run.out / "logs" / f"{step}.log"
-        ran = log.exists() and log.stat().st_mtime >= time.time() - run.seconds - 1
-        last = log.read_text().strip().splitlines()[-1] if ran else ""
-        times[step] = last.removeprefix(f"{step} ").removeprefix("took ") if ran else "reused from the cache"
+        if log.exists() and log.stat().st_mtime >= time.time() - run.seconds - 1:
+            times[step] = log.read_text().strip().splitlines()[-1].removeprefix(f"{step} ").removeprefix("took ")
+        elif step in GATED_STEPS and not run.outputs["deployed"]:
+            times[step] = "not run: the quality gate said no"
+        else:
+            times[step] = "reused from the cache"
     return times
 
 
@@ -208,9 +214,6 @@ def held_out_requests(run: LocalRun, count: int) -> tuple[list[dict[str, Any]], 
     events = test[EVENT_ID].to_pylist()
     rows = log_rows(run.parameters["raw_files"], load_schema(run.parameters["schema"]), events)
     return rows, test[LABEL].to_pylist()
-
-
-STEPS = ("ingest", "train_supernet", "search", "finetune", "evaluate", "export", "deploy")
 
 
 def summarise(run: LocalRun) -> None:

@@ -4,7 +4,6 @@ import re
 import pytest
 
 from model.arch import Architecture
-from model.space import get_space
 from pipelines.cli import main
 
 
@@ -26,17 +25,9 @@ def test_inspect_reports_bad_architecture_and_exits_nonzero(tmp_path):
         main(["inspect", str(path)])
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    main(
-        ["demo", "--steps", "4", "--warmup-steps", "2", "--batch-size", "64", "--rows", "3000", "--out", str(tmp_path)]
-    )
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert 0.0 <= metrics["subnet_validation_auc"] <= 1.0 and metrics["steps"] == 4
-    Architecture.load(tmp_path / "subnet_architecture.json").check(get_space("demo"))
-    assert "validation AUC" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("command", ["train-supernet", "search", "finetune", "rank-corr"])
+@pytest.mark.parametrize(
+    "command", ["ingest", "train-supernet", "search", "finetune", "evaluate", "export", "deploy", "rank-corr"]
+)
 def test_every_option_of_the_model_steps_is_explained(command):
     from pipelines.cli import build_parser
 

@@ -1,0 +1,106 @@
+"""The Kubeflow pipeline: its committed compiled YAML, and whole local runs (kfp.local) with the tiny preset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.images import CPU_IMAGE, CUDA_IMAGE
+from pipelines import COMPILED_PIPELINE
+from pipelines.local import STEPS, PipelineStepError, Preset, run_local, serve_held_out, step_times
+from pipelines.pipeline import compile_pipeline
+from serving.export import read_metadata
+from serving.repository import versions
+
+TRAINING = ("train-supernet", "search", "finetune")
+
+
+def test_the_committed_yaml_is_what_the_pipeline_compiles_to(tmp_path: Path) -> None:
+    fresh = compile_pipeline(tmp_path / "pipeline.yaml").read_text()
+    assert fresh == COMPILED_PIPELINE.read_text(), "run `nasrec pipeline compile` and commit the YAML"
+
+
+def test_the_compiled_pipeline_pins_images_requests_gpus_and_caches_only_pure_steps() -> None:
+    spec = yaml.safe_load(COMPILED_PIPELINE.read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    images = {name.removeprefix("exec-"): e["container"]["image"] for name, e in executors.items()}
+    assert images == {
+        step.replace("_", "-"): CUDA_IMAGE if step.replace("_", "-") in TRAINING else CPU_IMAGE for step in STEPS
+    }
+    for step in TRAINING:
+        accelerator = executors[f"exec-{step}"]["container"]["resources"]["accelerator"]
+        assert accelerator["resourceType"] == "nvidia.com/gpu" and "gpus" in accelerator["resourceCount"]
+    tasks = spec["root"]["dag"]["tasks"] | spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    tasks = {name: task for name, task in tasks.items() if name in images}  # the steps, not the condition
+    assert sorted(tasks) == sorted(images)
+    assert all(task["taskInfo"]["name"] != name for name, task in tasks.items())  # each has a display name
+    uncached = {name for name, task in tasks.items() if not task.get("cachingOptions", {}).get("enableCache")}
+    assert uncached == {"evaluate", "deploy"}  # they read and write the served repository
+    condition = spec["root"]["dag"]["tasks"]["condition-1"]["triggerPolicy"]["condition"]
+    assert "pipelinechannel--evaluate-Output" in condition  # export and deploy wait for the gate
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory):
+    preset = Preset.load("tiny")
+    return run_local(preset.parameters, tmp_path_factory.mktemp("pipeline"), preset)
+
+
+def test_a_local_run_writes_every_artifact_deploys_and_answers_over_grpc(tiny_run, capsys) -> None:
+    run = tiny_run
+    data = run.artifact("data")
+    for name in ("train.parquet", "validation.parquet", "test.parquet", "transform.json", "feature_repo"):
+        assert (data / name).exists(), name
+    assert (run.artifact("supernet") / "checkpoint.pt").exists()
+    assert json.loads((run.artifact("history") / "top_k.json").read_text())
+    assert (run.artifact("winner") / "checkpoint.pt").exists()
+    evaluation = json.loads(run.artifact("evaluation").read_text())
+    assert run.outputs["deployed"] and evaluation["deploy"] and evaluation["served"] is None
+    assert run.outputs["evaluation"].metadata["test.auc"] == evaluation["test"]["auc"]
+    outputs = run.artifact("data").parents[1]  # this run's folder: one folder a step, holding its artifacts
+    assert "<img src='data:image/png;base64," in (outputs / "search" / "plots").read_text()
+    assert (outputs / "search" / "top_architectures").read_text().startswith("# Top architectures")
+    assert "**deploy**" in (outputs / "evaluate" / "report").read_text()
+    assert json.loads((outputs / "export" / "metrics").read_text())["parity"]["max_abs_diff"] <= 1e-5
+    assert json.loads((outputs / "deploy" / "metrics").read_text())["check"]["max_abs_diff"] <= 1e-5
+    model = run.repository / "nasrec_ctr"
+    assert versions(model) == [1]
+    assert float(read_metadata(model / "1" / "model.onnx")["test_auc"]) == evaluation["test"]["auc"]
+    assert all(took.endswith(" s") for took in step_times(run, STEPS).values())
+
+    serve_held_out(run, 5)
+    printed = capsys.readouterr().out
+    answers = [line.split() for line in printed.split("probability  label\n")[1].splitlines()[:5]]
+    assert all(0.0 < float(p) < 1.0 and label in ("0", "1") for p, label in answers)
+    assert "stopped Triton" in printed
+
+
+def test_a_rerun_reuses_the_pure_steps_and_the_gate_can_refuse(tiny_run, tmp_path: Path) -> None:
+    parameters = tiny_run.parameters | {"min_auc": 1.0}
+    again = run_local(parameters, tiny_run.out)
+    reused = {step for step, took in step_times(again, STEPS).items() if took == "reused from the cache"}
+    assert reused == {"ingest", "train_supernet", "search", "finetune"}
+    assert again.artifact("winner") == tiny_run.artifact("winner")
+    assert not again.outputs["deployed"]
+    evaluation = json.loads(again.artifact("evaluation").read_text())
+    assert "below the threshold 1.0000" in evaluation["reason"]
+    assert versions(again.repository / "nasrec_ctr") == [1]  # nothing exported, nothing deployed
+
+    with pytest.raises(PipelineStepError, match=r"step 'ingest' failed; its log: .*logs/ingest\.log"):
+        run_local(parameters | {"schema": "avazu", "data_digest": "other"}, tmp_path)
+    assert "ingest failed: IngestError" in (tmp_path / "logs" / "ingest.log").read_text()
+
+
+def test_the_image_tags_follow_the_project_version_the_dockerfile_builds() -> None:
+    import tomllib
+
+    from components.images import VERSION
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    assert project["version"] == VERSION
+    dockerfile = (Path(__file__).parents[2] / "Dockerfile").read_text()
+    for image in (CPU_IMAGE, CUDA_IMAGE):
+        assert f"-t {image} ." in dockerfile  # the build command for each tag the pipeline pins
