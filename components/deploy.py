@@ -29,7 +29,7 @@ def deploy(
         if not repository:
             raise ValueError("repository: the Triton model repository to deploy into must be given")
         run = DeployRun.from_dict({"model_name": model_name, "variant": variant, "url": triton_url})
-        record = deploy_step(Path(onnx_model.path), Path(repository), None, run, Path(data.path))
+        record = deploy_step(Path(onnx_model.path), Path(repository), run, Path(data.path))
         check = record.get("check", {})
         Path(report.path).write_text(
             f"# Deployed\n\n{model_name} version {record['version']} in `{record['repository']}`"

@@ -163,7 +163,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_deploy(args: argparse.Namespace) -> None:
     from components.steps.deploy import DeployRun, deploy
 
-    deploy(args.export, args.repository, None, config_from_args(DeployRun, args), args.data)
+    deploy(args.export, args.repository, config_from_args(DeployRun, args), args.data)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

@@ -153,10 +153,10 @@ def run_local(parameters: dict[str, Any], out: Path, preset: Preset | None = Non
     parameters = {k: v for k, v in pipeline_parameters().items() if v is not None} | parameters
     parameters["repository"] = parameters["repository"] or str(out / "triton")
     if not parameters.get("raw_files"):
-        schema = parameters.get("schema", pipeline_parameters()["schema"])
-        parameters["raw_files"] = [str(synthetic_log(out, schema, preset or Preset({}), parameters.get("seed", 0)))]
+        log = synthetic_log(out, parameters["schema"], preset or Preset({}), parameters["seed"])
+        parameters["raw_files"] = [str(log)]
     parameters["raw_files"] = [str(Path(p).absolute()) for p in parameters["raw_files"]]
-    parameters.setdefault("data_digest", data_digest(parameters["raw_files"]))
+    parameters["data_digest"] = parameters["data_digest"] or data_digest(parameters["raw_files"])
     logs = out / "logs"
     local.init(
         runner=local.SubprocessRunner(use_venv=False),

@@ -20,17 +20,16 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from components.steps.common import StepConfig, write_json
+from components.steps.common import StepConfig
 from features.loader import SplitLoader
 from features.transform import FeatureTransform
 from serving.client import infer_inputs, load_model
 from serving.errors import ServingError
 from serving.export import PARITY_TOLERANCE, onnx_session
-from serving.interface import DEFAULT_MODEL, MODEL_FILE, OUTPUT
+from serving.interface import DEFAULT_MODEL, DENSE_INPUT, MODEL_FILE, OUTPUT, SPARSE_INPUT
 from serving.repository import ServingConfig, add_version
 from serving.server import TritonServer
 
-DEPLOY_FILE = "deploy.json"
 DEFAULT_BATCH_SIZES = {"preferred_batch_sizes": (64, 512), "warmup_batch_sizes": (1, 512)}
 
 
@@ -56,10 +55,8 @@ class DeployRun(StepConfig):
         return ServingConfig(**shared, **fitted)
 
 
-def deploy(
-    export_dir: Path, repository: Path, out: Path | None, run: DeployRun, data_dir: Path | None = None
-) -> dict[str, Any]:
-    """Add the export as a new version, load and check it; returns the record written to `out/deploy.json`.
+def deploy(export_dir: Path, repository: Path, run: DeployRun, data_dir: Path | None = None) -> dict[str, Any]:
+    """Add the export as a new version, load and check it; returns what was done (version, check figures).
 
     `data_dir` (the ingestion folder; default: the one the export records) supplies the checked rows.
     """
@@ -77,7 +74,7 @@ def deploy(
         print(f"loaded {run.model_name} version {folder.name} into {run.url}")
     if run.check_rows:
         rows = held_out_rows(Path(data_dir or _recorded_data_dir(folder)), run.check_rows)
-        expected = onnx_session(folder / MODEL_FILE).run([OUTPUT], dict(zip(("dense", "sparse"), rows)))[0]
+        expected = onnx_session(folder / MODEL_FILE).run([OUTPUT], dict(zip((DENSE_INPUT, SPARSE_INPUT), rows)))[0]
         with contextlib.ExitStack() as stack:
             url = run.url or stack.enter_context(TritonServer(Path(repository), models=(run.model_name,))).url
             record["check"] = check_served(url, run.model_name, *rows, expected)
@@ -85,9 +82,6 @@ def deploy(
             f"checked over gRPC: {record['check']['rows']} test rows equal ONNX Runtime's to "
             f"{record['check']['max_abs_diff']:.1e} ({record['check']['latency_ms']:.2f} ms)"
         )
-    if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        write_json(Path(out) / DEPLOY_FILE, record)
     return record
 
 

@@ -70,6 +70,7 @@ def test_a_local_run_writes_every_artifact_deploys_and_answers_over_grpc(tiny_ru
     assert versions(model) == [1]
     assert float(read_metadata(model / "1" / "model.onnx")["test_auc"]) == evaluation["test"]["auc"]
     assert all(took.endswith(" s") for took in step_times(run, STEPS).values())
+    assert len(run.parameters["data_digest"]) == 16  # the log's files are part of ingest's cache key
 
     serve_held_out(run, 5)
     printed = capsys.readouterr().out
