@@ -53,14 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     supernet = SupernetRun(steps=args.supernet_steps, progress=False)
     trained = timed("train_supernet", lambda: train_supernet(data, work / "supernet", supernet, device))
-    evolution = {
-        "population": args.population,
-        "generations": args.generations,
-        "sample_size": max(2, args.population // 2),
-        "children": max(1, args.population // 4),
-        "fitness": {"finetune_steps": args.fitness_steps, "finetune_warmup_steps": args.fitness_steps // 10},
-    }
-    run = SearchRun.from_dict({"search": evolution, "top_k": args.top_k})
+    run = SearchRun.for_budget(
+        args.population, args.generations, args.top_k, max_mflops=0.0, fitness_steps=args.fitness_steps, seed=0
+    )
     checkpoint = work / "supernet" / "checkpoint.pt"
     summary = timed("search", lambda: search(checkpoint, data, work / "search", run, device))
     archs = read_architectures(work / "search" / "top_k.json", args.top_k)

@@ -1,1 +1,2 @@
-"""One thin Kubeflow component per pipeline step (later issues)."""
+"""The pipeline's steps: `steps/` holds them as plain functions; each module beside it is the thin Kubeflow
+component over one of them, run in the project's image (`images.py`)."""

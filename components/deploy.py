@@ -22,10 +22,11 @@ def deploy(
     from pathlib import Path
 
     from components.artifacts import log_metrics, step_log
-    from components.steps.deploy import DeployRun
-    from components.steps.deploy import deploy as deploy_step
 
     with step_log("deploy"):
+        from components.steps.deploy import DeployRun
+        from components.steps.deploy import deploy as deploy_step
+
         if not repository:
             raise ValueError("repository: the Triton model repository to deploy into must be given")
         run = DeployRun.from_dict({"model_name": model_name, "variant": variant, "url": triton_url})

@@ -20,12 +20,13 @@ def evaluate(
     from pathlib import Path
 
     from components.artifacts import log_metrics, step_log
-    from components.steps.common import resolve_device
-    from components.steps.evaluate import EvaluateRun
-    from components.steps.evaluate import evaluate as evaluate_step
-    from components.steps.evaluate import report as gate_report
 
     with step_log("evaluate"):
+        from components.steps.common import resolve_device
+        from components.steps.evaluate import EvaluateRun
+        from components.steps.evaluate import evaluate as evaluate_step
+        from components.steps.evaluate import report as gate_report
+
         run = EvaluateRun.from_dict({"min_auc": min_auc, "repository": repository, "model_name": model_name})
         result = evaluate_step(Path(winner.path), Path(data.path), None, run, resolve_device())
         Path(report.path).write_text(gate_report(result))

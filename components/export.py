@@ -18,10 +18,11 @@ def export(
     from pathlib import Path
 
     from components.artifacts import log_metrics, step_log
-    from components.steps.export import ExportRun
-    from components.steps.export import export as export_step
 
     with step_log("export"):
+        from components.steps.export import ExportRun
+        from components.steps.export import export as export_step
+
         paths = (Path(winner.path), Path(data.path), Path(onnx_model.path))
         record = export_step(*paths, ExportRun(), Path(evaluation.path))
         log_metrics(metrics, {"parity": record["parity"], "external_data": record["external_data"]})

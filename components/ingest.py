@@ -13,17 +13,20 @@ def ingest(
     folds: str,
     fold: int,
     data_digest: str,
+    code_digest: str,
     data: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """Ingest raw log files through Feast. `folds` (a row,fold file; empty: split by time) picks the split;
-    `data_digest` (of the files' names, sizes and times) makes changed files a new cache key."""
+    """Ingest raw log files through Feast. `folds` (a row,fold file; empty: split by time) picks the split.
+    `data_digest` (of the files' names, sizes and times) makes changed files a new cache key, and
+    `code_digest` (of the project's source) makes a code change a new cache key."""
     from pathlib import Path
 
     from components.artifacts import log_metrics, step_log
-    from components.steps.ingest import IngestRun
-    from components.steps.ingest import ingest as ingest_step
 
     with step_log("ingest"):
+        from components.steps.ingest import IngestRun
+        from components.steps.ingest import ingest as ingest_step
+
         run = IngestRun.from_dict({"schema": schema, "folds": folds or None, "fold": fold})
         log_metrics(metrics, ingest_step([Path(f) for f in raw_files], Path(data.path), run))

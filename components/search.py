@@ -16,32 +16,26 @@ def search(
     max_mflops: float,
     fitness_steps: int,
     seed: int,
+    code_digest: str,
     history: Output[Dataset],
     plots: Output[HTML],
     top_architectures: Output[Markdown],
     metrics: Output[Metrics],
 ):
     """Search with a population of `population` for `generations` generations; candidates are scored after
-    `fitness_steps` steps of head fine-tuning; `max_mflops` > 0 rejects costlier architectures."""
+    `fitness_steps` steps of head fine-tuning; `max_mflops` > 0 rejects costlier architectures.
+    `code_digest` (of the project's source) makes a code change a new cache key."""
     import json
     from pathlib import Path
 
     from components.artifacts import images_page, log_metrics, step_log, top_k_table
-    from components.steps.common import resolve_device
-    from components.steps.search import SearchRun
-    from components.steps.search import search as search_step
 
     with step_log("search"):
-        evolution = {
-            "population": population,
-            "generations": generations,
-            "sample_size": max(2, population // 2),
-            "children": max(1, population // 4),
-            "max_mflops": max_mflops or None,
-            "seed": seed,
-            "fitness": {"finetune_steps": fitness_steps, "finetune_warmup_steps": fitness_steps // 10},
-        }
-        run = SearchRun.from_dict({"search": evolution, "top_k": top_k})
+        from components.steps.common import resolve_device
+        from components.steps.search import SearchRun
+        from components.steps.search import search as search_step
+
+        run = SearchRun.for_budget(population, generations, top_k, max_mflops, fitness_steps, seed)
         checkpoint = Path(supernet.path) / "checkpoint.pt"
         summary = search_step(checkpoint, Path(data.path), Path(history.path), run, resolve_device())
         out = Path(history.path)

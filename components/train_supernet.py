@@ -12,17 +12,20 @@ def train_supernet(
     space: str,
     steps: int,
     seed: int,
+    code_digest: str,
     supernet: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Train a supernet over search space `space` for `steps` steps, on a GPU when the pod has one."""
+    """Train a supernet over search space `space` for `steps` steps, on a GPU when the pod has one.
+    `code_digest` (of the project's source) makes a code change a new cache key."""
     from pathlib import Path
 
     from components.artifacts import log_metrics, step_log
-    from components.steps.common import resolve_device
-    from components.steps.train_supernet import SupernetRun
-    from components.steps.train_supernet import train_supernet as train_step
 
     with step_log("train_supernet"):
+        from components.steps.common import resolve_device
+        from components.steps.train_supernet import SupernetRun
+        from components.steps.train_supernet import train_supernet as train_step
+
         run = SupernetRun.from_dict({"space": space, "steps": steps, "seed": seed, "progress": False})
         log_metrics(metrics, train_step(Path(data.path), Path(supernet.path), run, resolve_device()))

@@ -299,14 +299,18 @@ def raw_records(paths: list[Path], schema: DatasetSchema, event_ids: list[int]) 
                 values = table.slice(row - first, 1).to_pylist()[0]
                 found[row] = {k: None if v is None or v == "" else str(v) for k, v in values.items()}
             first += table.num_rows
+            if len(found) == len(wanted):
+                return found
             continue
         with _open_bytes(path) as f:
             lines = (line.decode("utf-8", errors="replace").rstrip("\r\n") for line in f)
-            columns = next(lines).split(schema.delimiter) if schema.header else list(schema.columns)
+            columns = next(lines, "").split(schema.delimiter) if schema.header else list(schema.columns)
             for index, line in enumerate(lines, start=first):
                 if index in wanted:
                     found[index] = {c: v or None for c, v in zip(columns, line.split(schema.delimiter))}
                 first = index + 1
+                if len(found) == len(wanted):
+                    return found
     missing = sorted(wanted - set(found))
     if missing:
         raise IngestError(f"event ids {missing[:5]} are past the end of {[str(p) for p in paths]}")

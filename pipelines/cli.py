@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pipelines import COMPILED_PIPELINE
+from pipelines.cluster import DEFAULT_EXPERIMENT, DEFAULT_JOB_NAME
 from pipelines.local import PipelineStepError
 from serving.errors import SERVING_ERRORS
 from serving.interface import DEFAULT_MODEL
@@ -326,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.set_defaults(func=cmd_search)
 
     finetune = sub.add_parser(
-        "finetune", help="train the top-k architectures, keep the best on validation, report test metrics"
+        "finetune", help="train the top-k architectures and keep the best on validation (evaluate reads the test split)"
     )
     _data_options(finetune)
     finetune.add_argument(
@@ -415,7 +416,7 @@ def _pipeline_commands(sub) -> None:
     for name, what in (("submit", "one run"), ("schedule", "a recurring run")):
         remote = commands.add_parser(name, help=f"{what} of the compiled pipeline on a Kubeflow Pipelines cluster")
         remote.add_argument("--host", required=True, help="the KFP API endpoint, e.g. http://localhost:8080")
-        remote.add_argument("--experiment", default="nasrec", help="(default: nasrec)")
+        remote.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"(default: {DEFAULT_EXPERIMENT})")
         remote.add_argument(
             "--package", type=Path, default=COMPILED_PIPELINE, help="the compiled pipeline (default: ours)"
         )
@@ -425,7 +426,7 @@ def _pipeline_commands(sub) -> None:
             remote.set_defaults(func=cmd_pipeline_submit)
         else:
             remote.add_argument("--cron", required=True, help="e.g. '0 3 * * *' (5 fields; 6 with seconds first)")
-            remote.add_argument("--job-name", default="nasrec-retrain", help="(default: nasrec-retrain)")
+            remote.add_argument("--job-name", default=DEFAULT_JOB_NAME, help=f"(default: {DEFAULT_JOB_NAME})")
             remote.set_defaults(func=cmd_pipeline_schedule)
 
 

@@ -1,6 +1,8 @@
 """The pipeline on a Kubeflow Pipelines cluster: one run now, or a recurring run on a cron schedule.
 
-Both upload the compiled package (`pipelines/nasrec_pipeline.yaml`) through the KFP API (`kfp.Client`).
+Both upload the compiled package (`pipelines/nasrec_pipeline.yaml`) through the KFP API (`kfp.Client`). A run
+on a cluster needs its raw files, the served repository and the Triton to load into named: without them it
+would fail only at its last step, after the training.
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ from pipelines import COMPILED_PIPELINE
 from pipelines.local import check_parameters
 
 DEFAULT_EXPERIMENT = "nasrec"
+DEFAULT_JOB_NAME = "nasrec-retrain"
+REQUIRED_ON_A_CLUSTER = {
+    "raw_files": "the raw log paths the ingest pod sees",
+    "repository": "the model repository on the volume Triton serves from, mounted into evaluate and deploy",
+    "triton_url": "the Triton gRPC service deploy loads the new version into",
+}
 
 
 def kfp_client(host: str):
@@ -21,6 +29,13 @@ def kfp_client(host: str):
     with warnings.catch_warnings():  # "only works with KFP v2 backends": what this project targets
         warnings.simplefilter("ignore", FutureWarning)
         return kfp.Client(host=host)
+
+
+def check_cluster_parameters(parameters: dict[str, Any]) -> None:
+    check_parameters(parameters)
+    missing = [f"{name} ({what})" for name, what in REQUIRED_ON_A_CLUSTER.items() if not parameters.get(name)]
+    if missing:
+        raise ValueError(f"a cluster run needs {'; '.join(missing)}: give them with --params or --set")
 
 
 def cron_schedule(expression: str) -> str:
@@ -42,8 +57,10 @@ def submit(
     run_name: str | None = None,
     package: Path = COMPILED_PIPELINE,
 ) -> Any:
-    """Start one run of the package in `experiment`; returns kfp's RunPipelineResult (its run_id)."""
-    check_parameters(parameters)
+    """Start one run of the package in `experiment`; returns kfp's RunPipelineResult (its run_id).
+
+    Steps are cached by their inputs: files rewritten at the same paths need a new `data_digest`."""
+    check_cluster_parameters(parameters)
     return kfp_client(host).create_run_from_pipeline_package(
         str(package), arguments=parameters, run_name=run_name, experiment_name=experiment
     )
@@ -54,12 +71,14 @@ def schedule(
     cron: str,
     parameters: dict[str, Any],
     experiment: str = DEFAULT_EXPERIMENT,
-    job_name: str = "nasrec-retrain",
+    job_name: str = DEFAULT_JOB_NAME,
     package: Path = COMPILED_PIPELINE,
     max_concurrency: int = 1,
 ) -> Any:
-    """A recurring run of the package on `cron`, at most `max_concurrency` at a time; returns the recurring run."""
-    check_parameters(parameters)
+    """A recurring run of the package on `cron`, at most `max_concurrency` at a time; returns the recurring run.
+
+    Caching is off for it: each run reads the log as it is then, usually at the same paths as the last."""
+    check_cluster_parameters(parameters)
     client = kfp_client(host)
     experiment_id = client.create_experiment(experiment).experiment_id
     return client.create_recurring_run(
@@ -69,4 +88,5 @@ def schedule(
         max_concurrency=max_concurrency,
         params=parameters,
         pipeline_package_path=str(package),
+        enable_caching=False,
     )

@@ -99,6 +99,19 @@ def check_parameters(parameters: dict[str, Any]) -> None:
         raise ValueError(f"unknown pipeline parameter(s) {unknown}; known: {sorted(known)}")
 
 
+def code_digest() -> str:
+    """Changes when the project's code does: the sources of every package a step imports."""
+    import components
+
+    root = Path(components.__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for package in ("model", "features", "serving", "components"):
+        for path in sorted((root / package).rglob("*")):
+            if path.suffix in (".py", ".yaml") and "__pycache__" not in path.parts:
+                digest.update(f"{path.relative_to(root)}\n".encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def data_digest(paths: list[str]) -> str:
     """Changes when a file is replaced or rewritten: names, sizes and modification times (not the bytes, which
     for a large log would cost a full read on every run)."""
@@ -116,6 +129,7 @@ class LocalRun:
     out: Path
     parameters: dict[str, Any]
     outputs: dict[str, Any] = field(default_factory=dict)
+    started: float = 0.0  # time.time() at the start
     seconds: float = 0.0
 
     @property
@@ -157,6 +171,7 @@ def run_local(parameters: dict[str, Any], out: Path, preset: Preset | None = Non
         parameters["raw_files"] = [str(log)]
     parameters["raw_files"] = [str(Path(p).absolute()) for p in parameters["raw_files"]]
     parameters["data_digest"] = parameters["data_digest"] or data_digest(parameters["raw_files"])
+    parameters["code_digest"] = parameters["code_digest"] or code_digest()
     logs = out / "logs"
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
@@ -166,7 +181,7 @@ def run_local(parameters: dict[str, Any], out: Path, preset: Preset | None = Non
     )
     previous = os.environ.get(LOG_DIR_VARIABLE)
     os.environ[LOG_DIR_VARIABLE] = str(logs)
-    started = time.perf_counter()
+    started, clock = time.time(), time.perf_counter()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(_WithoutExecutorEcho(sys.stdout)):
             # settings that only a cluster uses, and our image names, are expected here
@@ -175,7 +190,9 @@ def run_local(parameters: dict[str, Any], out: Path, preset: Preset | None = Non
             task = nasrec_pipeline(**parameters)
     except RuntimeError as error:
         failed = re.findall(r"Inner task failed: (.*?)\.?$", ANSI.sub("", str(error)))
-        step = failed[0].split(" inside ")[0].strip("'\"") if failed else "unknown"
+        if not failed:  # not a step's failure: kfp's own
+            raise
+        step = failed[0].split(" inside ")[0].strip("'\"")
         log = logs / f"{step.replace('-', '_')}.log"
         raise PipelineStepError(f"step {step!r} failed; its log: {log}") from None
     finally:
@@ -183,7 +200,7 @@ def run_local(parameters: dict[str, Any], out: Path, preset: Preset | None = Non
             os.environ.pop(LOG_DIR_VARIABLE, None)
         else:
             os.environ[LOG_DIR_VARIABLE] = previous
-    return LocalRun(out, parameters, dict(task.outputs), time.perf_counter() - started)
+    return LocalRun(out, parameters, dict(task.outputs), started, time.perf_counter() - clock)
 
 
 def step_times(run: LocalRun, steps: tuple[str, ...]) -> dict[str, str]:
@@ -192,8 +209,9 @@ def step_times(run: LocalRun, steps: tuple[str, ...]) -> dict[str, str]:
     times = {}
     for step in steps:
         log = run.out / "logs" / f"{step}.log"
-        if log.exists() and log.stat().st_mtime >= time.time() - run.seconds - 1:
-            times[step] = log.read_text().strip().splitlines()[-1].removeprefix(f"{step} ").removeprefix("took ")
+        if log.exists() and log.stat().st_mtime >= run.started:
+            lines = log.read_text().strip().splitlines() or ["(an empty log)"]
+            times[step] = lines[-1].removeprefix(f"{step} ").removeprefix("took ")
         elif step in GATED_STEPS and not run.outputs["deployed"]:
             times[step] = "not run: the quality gate said no"
         else:

@@ -1,8 +1,9 @@
 """The NASRec pipeline: raw logs -> Feast -> supernet -> search -> fine-tuning -> quality gate -> ONNX -> Triton.
 
 The same definition runs on Kubeflow Pipelines (compiled to `nasrec_pipeline.yaml` beside this file) and on
-one machine (`kfp.local`, see `pipelines.local`). Pure steps are cached: a rerun with the same inputs reuses
-them. The gate (evaluate) and deploy read and write the served repository, so they always run.
+one machine (`kfp.local`, see `pipelines.local`). Ingest, train_supernet, search and finetune are cached: a
+rerun with the same inputs reuses them. Evaluate and deploy read and write the served repository, and export
+records evaluate's figures, so those three always run.
 """
 
 from pathlib import Path
@@ -31,7 +32,7 @@ class PipelineOutputs(NamedTuple):
     history: Dataset
     winner: Model
     evaluation: Metrics
-    deployed: bool
+    deployed: bool  # the gate's verdict: export and deploy ran (a failure there fails the run)
 
 
 @dsl.pipeline(
@@ -44,6 +45,7 @@ def nasrec_pipeline(
     folds: str = "",
     fold: int = 0,
     data_digest: str = "",
+    code_digest: str = "",
     space: str = "demo",
     supernet_steps: int = 1500,
     population: int = 16,
@@ -63,16 +65,21 @@ def nasrec_pipeline(
     """Train and, when the quality gate passes, serve a NASRecNet.
 
     raw_files: raw log paths the ingest pod sees; schema: a built-in name or a schema YAML path; folds/fold: a
-    row,fold file and the test fold (empty: split by time); data_digest: changes when the files do (a cache
-    key). space: search-space preset; supernet_steps; population/generations/top_k/max_mflops (0: no limit)/
-    fitness_steps: the search budget; finetune_epochs; seed; gpus: GPUs for each training step (0: CPU).
-    min_auc: the gate's floor; repository: the Triton model repository served (its latest version is the
-    gate's other bar, and deploy adds the next one); serving_variant: local or production; triton_url: a
-    running Triton to load the new version into (empty: check it on a local Triton).
+    row,fold file and the test fold (empty: split by time); data_digest and code_digest: change when the raw
+    files or the project's code do (cache keys; run-local computes both). space: search-space preset;
+    supernet_steps; population/generations/top_k/max_mflops (0: no limit)/fitness_steps: the search budget;
+    finetune_epochs; seed; gpus: GPUs for each training step (0: CPU). min_auc: the gate's floor;
+    repository: the Triton model repository served (its latest version is the gate's other bar, and deploy
+    adds the next one); serving_variant: local or production; triton_url: a running Triton to load the new
+    version into (empty: check it on a local Triton).
     """
-    data = ingest(raw_files=raw_files, schema=schema, folds=folds, fold=fold, data_digest=data_digest)
+    data = ingest(
+        raw_files=raw_files, schema=schema, folds=folds, fold=fold, data_digest=data_digest, code_digest=code_digest
+    )
     data.set_display_name("Ingest through Feast")
-    supernet = train_supernet(data=data.outputs["data"], space=space, steps=supernet_steps, seed=seed)
+    supernet = train_supernet(
+        data=data.outputs["data"], space=space, steps=supernet_steps, seed=seed, code_digest=code_digest
+    )
     supernet.set_display_name("Train supernet")
     searched = search(
         data=data.outputs["data"],
@@ -83,10 +90,16 @@ def nasrec_pipeline(
         max_mflops=max_mflops,
         fitness_steps=fitness_steps,
         seed=seed,
+        code_digest=code_digest,
     )
     searched.set_display_name("Search architectures")
     tuned = finetune(
-        data=data.outputs["data"], history=searched.outputs["history"], top_k=top_k, epochs=finetune_epochs, seed=seed
+        data=data.outputs["data"],
+        history=searched.outputs["history"],
+        top_k=top_k,
+        epochs=finetune_epochs,
+        seed=seed,
+        code_digest=code_digest,
     )
     tuned.set_display_name("Fine-tune the top architectures")
     for task in (supernet, searched, tuned):
@@ -103,7 +116,7 @@ def nasrec_pipeline(
         exported = export(
             data=data.outputs["data"], winner=tuned.outputs["winner"], evaluation=gate.outputs["evaluation"]
         )
-        exported.set_display_name("Export to ONNX")
+        exported.set_display_name("Export to ONNX").set_caching_options(False)
         served = deploy(
             data=data.outputs["data"],
             onnx_model=exported.outputs["onnx_model"],

@@ -56,6 +56,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             raise ValueError(f"{where}: expected a list, got {value!r}")
         return tuple(value)
     if hint is Path:
+        if not isinstance(value, str | Path) or not str(value):
+            raise ValueError(f"{where}: expected a path, got {value!r}")
         return Path(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -86,15 +88,18 @@ def resolve_device(name: str = "auto") -> torch.device:
         return default_device()
     if name.split(":")[0] not in DEVICES[1:]:
         raise ValueError(f"device: one of {list(DEVICES)} or cuda:N, got {name!r}")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device: one of {list(DEVICES)} or cuda:N, got {name!r}") from None
 
 
 def steps_for(data: IngestedData, batch_size: int, epochs: float) -> int:
     return max(1, math.ceil(data.rows("train") * epochs / batch_size))
 
 
-def progress_printer(name: str):
-    """A `report(done, total)` printing about twenty lines over a long loop."""
+def architecture_progress(name: str):
+    """A `report(done, total)` of architectures evaluated, about twenty lines over a long loop."""
 
     def report(done: int, total: int) -> None:
         if done == total or done % max(1, total // 20) == 0:

@@ -3,7 +3,9 @@
 With `url` (a running Triton in explicit model control: on a cluster, the Triton Deployment whose
 repository volume this step mounts) the new version is loaded into it; without, the local Triton server is
 started on the repository for the check and stopped after it. The check sends `check_rows` test rows over
-gRPC and fails unless the answers equal ONNX Runtime's on the same rows (max abs diff <= 1e-5).
+gRPC and fails unless the new version answers them and equals ONNX Runtime's on the same rows (max abs diff
+<= 1e-5). A version that fails its check is taken out again (and the server at `url` reloaded), so the
+version served before stays the latest.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,20 +73,40 @@ def deploy(export_dir: Path, repository: Path, run: DeployRun, data_dir: Path | 
         "url": run.url or None,
         "run": run.to_dict(),
     }
-    if run.url:
-        load_model(run.url, run.model_name)
-        print(f"loaded {run.model_name} version {folder.name} into {run.url}")
+    try:
+        if run.url:
+            load_model(run.url, run.model_name)
+            print(f"loaded {run.model_name} version {folder.name} into {run.url}")
+        if run.check_rows:
+            record["check"] = check_version(folder, Path(repository), run, data_dir)
+    except BaseException:
+        shutil.rmtree(folder)
+        if run.url:
+            with contextlib.suppress(ServingError):
+                load_model(run.url, run.model_name)  # back to the version served before
+        print(f"took {folder} out again: the version served before stays the latest", file=sys.stderr)
+        raise
     if run.check_rows:
-        rows = held_out_rows(Path(data_dir or _recorded_data_dir(folder)), run.check_rows)
-        expected = onnx_session(folder / MODEL_FILE).run([OUTPUT], dict(zip((DENSE_INPUT, SPARSE_INPUT), rows)))[0]
-        with contextlib.ExitStack() as stack:
-            url = run.url or stack.enter_context(TritonServer(Path(repository), models=(run.model_name,))).url
-            record["check"] = check_served(url, run.model_name, *rows, expected)
         print(
             f"checked over gRPC: {record['check']['rows']} test rows equal ONNX Runtime's to "
             f"{record['check']['max_abs_diff']:.1e} ({record['check']['latency_ms']:.2f} ms)"
         )
     return record
+
+
+def check_version(folder: Path, repository: Path, run: DeployRun, data_dir: Path | None) -> dict[str, Any]:
+    """Score test rows with the new version over gRPC, on `run.url` or a local Triton started for it."""
+    rows = held_out_rows(Path(data_dir or _recorded_data_dir(folder)), run.check_rows)
+    expected = onnx_session(folder / MODEL_FILE).run([OUTPUT], dict(zip((DENSE_INPUT, SPARSE_INPUT), rows)))[0]
+    with contextlib.ExitStack() as stack:
+        url = run.url or stack.enter_context(TritonServer(repository, models=(run.model_name,))).url
+        check = check_served(url, run.model_name, *rows, expected)
+    if check["served_version"] != int(folder.name):
+        raise ServingError(
+            f"Triton at {url} answered with {run.model_name} version {check['served_version']}, not the new "
+            f"version {folder.name}: was it loaded?"
+        )
+    return check
 
 
 def held_out_rows(data_dir: Path, count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,8 @@
 """evaluate: the winner's test metrics, and the quality gate that decides whether it may be deployed.
 
 The gate passes when the test AUC reaches `min_auc` and is not below the test AUC recorded in the metadata
-of the model currently served (the latest version in the Triton model repository), when there is one.
+of the model currently served (the latest version in the Triton model repository), when there is one, and the
+winner is not that very model (the same weights: a rerun on unchanged inputs deploys nothing new).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from components.steps.common import StepConfig, write_json
 from components.steps.data import IngestedData
 from model.trainer import evaluate as evaluate_model
 from model.trainer import load_model
-from serving.export import read_metadata
+from serving.export import read_metadata, weights_sha256
 from serving.interface import DEFAULT_MODEL, MODEL_FILE
 from serving.repository import versions
 
@@ -36,7 +37,8 @@ class EvaluateRun(StepConfig):
 
 
 def served_model(repository: str, model_name: str) -> dict[str, Any] | None:
-    """The latest served version's test metrics from its ONNX metadata; None when nothing is served."""
+    """The latest served version's test AUC and weights digest from its ONNX metadata; None when nothing is
+    served."""
     if not repository:
         return None
     model_dir = Path(repository) / model_name
@@ -45,13 +47,19 @@ def served_model(repository: str, model_name: str) -> dict[str, Any] | None:
         return None
     metadata = read_metadata(model_dir / str(available[-1]) / MODEL_FILE)
     auc = metadata.get("test_auc")
-    return {"version": available[-1], "test_auc": float(auc) if auc is not None else None}
+    return {
+        "version": available[-1],
+        "test_auc": float(auc) if auc is not None else None,
+        "weights_sha256": metadata.get("weights_sha256"),
+    }
 
 
-def gate(test_auc: float, run: EvaluateRun, served: dict[str, Any] | None) -> tuple[bool, str]:
-    """Whether to deploy, and why, in one sentence."""
+def gate(test_auc: float, weights: str, run: EvaluateRun, served: dict[str, Any] | None) -> tuple[bool, str]:
+    """Whether to deploy the model with test AUC `test_auc` and weights digest `weights`, and why."""
     if test_auc < run.min_auc:
         return False, f"test AUC {test_auc:.4f} is below the threshold {run.min_auc:.4f}"
+    if served is not None and served["weights_sha256"] == weights:
+        return False, f"the served version {served['version']} is this very model (the same weights)"
     if served is None:
         return True, f"test AUC {test_auc:.4f} reaches the threshold {run.min_auc:.4f}; no model is served yet"
     if served["test_auc"] is None:
@@ -80,9 +88,17 @@ def evaluate(
     data = IngestedData(data_dir)
     net = load_model(checkpoint, device).eval()
     test = evaluate_model(net, data.batches("test"), device)
+    weights = weights_sha256(net)
     served = served_model(run.repository, run.model_name)
-    deploy, reason = gate(test["auc"], run, served)
-    result = {"test": test, "served": served, "deploy": deploy, "reason": reason, "run": run.to_dict()}
+    deploy, reason = gate(test["auc"], weights, run, served)
+    result = {
+        "test": test,
+        "weights_sha256": weights,
+        "served": served,
+        "deploy": deploy,
+        "reason": reason,
+        "run": run.to_dict(),
+    }
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         write_json(Path(out) / EVALUATION_FILE, result)
@@ -93,7 +109,7 @@ def evaluate(
 
 def report(result: dict[str, Any]) -> str:
     test, served = result["test"], result["served"]
-    served_auc = "none" if served is None else f"version {served['version']}: {served['test_auc']}"
+    served_auc = "none" if served is None else f"version {served['version']}, test AUC {served['test_auc']}"
     verdict = "deploy" if result["deploy"] else "do not deploy"
     return (
         "# Quality gate\n\n"

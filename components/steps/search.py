@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from components.steps.common import StepConfig, progress_printer, write_json
+from components.steps.common import StepConfig, architecture_progress, write_json
 from components.steps.data import IngestedData
 from components.steps.plots import plot_auc_vs_mflops, plot_search_trajectory
 from model.arch import Architecture
@@ -42,6 +42,24 @@ class SearchRun(StepConfig):
     # "validation": fine-tune on the validation batches after the scored ones. A supernet trained for
     # many epochs has memorised its training rows, and a head fitted to their features over-trusts them.
     finetune_split: str = "train"
+
+    @classmethod
+    def for_budget(
+        cls, population: int, generations: int, top_k: int, max_mflops: float, fitness_steps: int, seed: int
+    ) -> SearchRun:
+        """The search a pipeline budget describes: half the population drawn to pick each parent, a quarter
+        of it new children a generation, `fitness_steps` of head fine-tuning with a tenth as warm-up;
+        `max_mflops` 0 means no limit."""
+        evolution = {
+            "population": population,
+            "generations": generations,
+            "sample_size": max(2, population // 2),
+            "children": max(1, population // 4),
+            "max_mflops": max_mflops or None,
+            "seed": seed,
+            "fitness": {"finetune_steps": fitness_steps, "finetune_warmup_steps": fitness_steps // 10},
+        }
+        return cls.from_dict({"search": evolution, "top_k": top_k})
 
     def __post_init__(self) -> None:
         if self.finetune_split not in FINETUNE_SPLITS:
@@ -116,7 +134,7 @@ def search(supernet_path: Path, data_dir: Path, out: Path, run: SearchRun, devic
             run.search,
             history,
             supernet.use_layernorm,
-            progress=progress_printer("search"),
+            progress=architecture_progress("search"),
         )
     best = top_k(records, run.top_k)
     write_json(out / "top_k.json", best)

@@ -46,9 +46,12 @@ def test_a_bad_config_names_the_field_at_fault() -> None:
         SearchRun.from_dict({"search": {"fitness": {"lr": 0.1}}})
     with pytest.raises(ValueError, match=r"SearchRun\.search: expected a mapping of fields, got int"):
         SearchRun.from_dict({"search": 3})
+    with pytest.raises(ValueError, match=r"IngestRun\.folds: expected a path, got ''"):
+        IngestRun.from_dict({"folds": ""})
     with pytest.raises(ValueError, match=r"EvaluateRun\.min_auc: expected float, got True"):
         EvaluateRun.from_dict({"min_auc": True})
     with pytest.raises(ValueError, match=r"min_auc: must be in \[0, 1\], got 2"):
         EvaluateRun.from_dict({"min_auc": 2})
-    with pytest.raises(ValueError, match=r"device: one of \['auto', 'cpu', 'cuda'\] or cuda:N, got 'tpu'"):
-        resolve_device("tpu")
+    for device in ("tpu", "cuda:x"):
+        with pytest.raises(ValueError, match=r"device: one of \['auto', 'cpu', 'cuda'\] or cuda:N, got"):
+            resolve_device(device)

@@ -17,7 +17,7 @@ from serving.export import METADATA_PREFIX
 from tests.conftest import CPU
 
 
-def served_version(repository: Path, version: int, test_auc: float | None) -> None:
+def served_version(repository: Path, version: int, test_auc: float | None, weights: str = "0" * 64) -> None:
     """A served version whose model.onnx carries only what the gate reads: its metadata."""
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
@@ -28,21 +28,21 @@ def served_version(repository: Path, version: int, test_auc: float | None) -> No
     proto = helper.make_model(graph)
     if test_auc is not None:
         proto.metadata_props.add(key=METADATA_PREFIX + "test_auc", value=repr(test_auc))
+    proto.metadata_props.add(key=METADATA_PREFIX + "weights_sha256", value=weights)
     folder = repository / "ctr" / str(version)
     folder.mkdir(parents=True)
     onnx.save(proto, str(folder / "model.onnx"))
 
 
-def test_the_gate_needs_the_floor_and_the_served_models_auc() -> None:
+def test_the_gate_needs_the_floor_the_served_models_auc_and_another_model() -> None:
     run = EvaluateRun(min_auc=0.7)
-    assert gate(0.69, run, None) == (False, "test AUC 0.6900 is below the threshold 0.7000")
-    assert gate(0.71, run, None)[0]
-    assert gate(0.71, run, {"version": 3, "test_auc": 0.72}) == (
-        False,
-        "test AUC 0.7100 is below the served version 3's 0.7200",
-    )
-    assert gate(0.72, run, {"version": 3, "test_auc": 0.72})[0]  # not worse is enough
-    passed, reason = gate(0.71, run, {"version": 3, "test_auc": None})
+    served = {"version": 3, "test_auc": 0.72, "weights_sha256": "a" * 64}
+    assert gate(0.69, "b" * 64, run, None) == (False, "test AUC 0.6900 is below the threshold 0.7000")
+    assert gate(0.71, "b" * 64, run, None)[0]
+    assert gate(0.71, "b" * 64, run, served) == (False, "test AUC 0.7100 is below the served version 3's 0.7200")
+    assert gate(0.72, "b" * 64, run, served)[0]  # not worse is enough
+    assert gate(0.72, "a" * 64, run, served) == (False, "the served version 3 is this very model (the same weights)")
+    passed, reason = gate(0.71, "b" * 64, run, served | {"test_auc": None})
     assert passed and "records no test AUC" in reason
 
 
@@ -50,10 +50,10 @@ def test_the_served_model_is_the_latest_version_in_the_repository(tmp_path: Path
     assert served_model("", "ctr") is None
     assert served_model(str(tmp_path / "none"), "ctr") is None
     served_version(tmp_path, 1, 0.75)
-    served_version(tmp_path, 2, 0.7125)
-    assert served_model(str(tmp_path), "ctr") == {"version": 2, "test_auc": 0.7125}
+    served_version(tmp_path, 2, 0.7125, "2" * 64)
+    assert served_model(str(tmp_path), "ctr") == {"version": 2, "test_auc": 0.7125, "weights_sha256": "2" * 64}
     served_version(tmp_path, 3, None)  # exported before the gate: no figure to compare with
-    assert served_model(str(tmp_path), "ctr") == {"version": 3, "test_auc": None}
+    assert served_model(str(tmp_path), "ctr")["test_auc"] is None
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,9 @@ def test_evaluate_reports_test_metrics_and_decides_both_ways(winner: Path, inges
     assert not kept["deploy"] and kept["served"]["version"] == 1
     assert kept["test"] == passed["test"]  # the same rows, the same weights
     assert "below the served version 1's" in kept["reason"]
+    served_version(tmp_path / "repo", 2, auc - 0.01, passed["weights_sha256"])  # this very model, served
+    again = evaluate(winner, ingested, None, run, CPU)
+    assert not again["deploy"] and "version 2 is this very model" in again["reason"]
     assert "**do not deploy**" in (tmp_path / "keep" / "report.md").read_text()
     with pytest.raises(FileNotFoundError, match=r"is .* a fine-tuned model"):
         evaluate(tmp_path, ingested, tmp_path / "x", EvaluateRun(), CPU)

@@ -17,6 +17,7 @@ from pipelines import COMPILED_PIPELINE
 from pipelines.cli import main
 
 API = "/apis/v2beta1"
+CLUSTER = {"raw_files": ["/data/day_0.txt"], "repository": "/models", "triton_url": "triton.serving:8001"}
 
 
 class FakeKFP(BaseHTTPRequestHandler):
@@ -80,7 +81,7 @@ def posted(handler: FakeKFP, path: str) -> list[dict]:
 def test_submit_uploads_the_compiled_pipeline_with_its_parameters(kfp_api, tmp_path, capsys) -> None:
     url, handler = kfp_api
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"raw_files": ["/data/day_0.txt"], "supernet_steps": 20000}))
+    params.write_text(yaml.safe_dump(CLUSTER | {"supernet_steps": 20000}))
     main(["pipeline", "submit", "--host", url, "--params", str(params), "--set", "gpus=1", "--run-name", "nightly"])
     assert "submitted run run-1" in capsys.readouterr().out
     [experiment] = posted(handler, "experiments")
@@ -88,33 +89,37 @@ def test_submit_uploads_the_compiled_pipeline_with_its_parameters(kfp_api, tmp_p
     assert experiment["display_name"] == "nasrec" and run["experiment_id"] == "exp-1"
     assert run["display_name"] == "nightly"
     assert run["pipeline_spec"] == yaml.safe_load(COMPILED_PIPELINE.read_text())  # the committed package, inline
-    assert run["runtime_config"]["parameters"] == {
-        "raw_files": ["/data/day_0.txt"],
-        "supernet_steps": 20000,
-        "gpus": 1,
-    }
+    assert run["runtime_config"]["parameters"] == CLUSTER | {"supernet_steps": 20000, "gpus": 1}
 
 
-def test_schedule_creates_a_recurring_run_on_a_cron(kfp_api, capsys) -> None:
+def test_schedule_creates_a_recurring_run_on_a_cron_without_caching(kfp_api, tmp_path, capsys) -> None:
     url, handler = kfp_api
-    main(["pipeline", "schedule", "--host", url, "--cron", "0 3 * * *", "--set", "raw_files=[/data/latest.txt]"])
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(CLUSTER))
+    schedule = ["pipeline", "schedule", "--host", url, "--params", str(params)]
+    main([*schedule, "--cron", "0 3 * * *", "--set", "raw_files=[/data/latest.txt]"])
     assert "scheduled 'nasrec-retrain' (recurring-1)" in capsys.readouterr().out
-    main(["pipeline", "schedule", "--host", url, "--cron", "30 0 3 * * 1", "--job-name", "weekly"])
+    main([*schedule, "--cron", "30 0 3 * * 1", "--job-name", "weekly"])
     first, second = posted(handler, "recurringruns")
     assert len(posted(handler, "experiments")) == 1  # the second finds the experiment the first made
     assert first["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"  # KFP's cron starts with seconds
     assert second["trigger"]["cron_schedule"]["cron"] == "30 0 3 * * 1" and second["display_name"] == "weekly"
     assert int(first["max_concurrency"]) == 1 and first["mode"] == "ENABLE"
     assert first["pipeline_spec"]["pipelineInfo"]["name"] == "nasrec"
-    assert first["runtime_config"]["parameters"] == {"raw_files": ["/data/latest.txt"]}
+    tasks = first["pipeline_spec"]["root"]["dag"]["tasks"]
+    assert not any(task.get("cachingOptions", {}).get("enableCache") for task in tasks.values())  # fresh data
+    assert first["runtime_config"]["parameters"] == CLUSTER | {"raw_files": ["/data/latest.txt"]}
 
 
 def test_cluster_commands_refuse_bad_input_before_calling_the_api(kfp_api) -> None:
     url, handler = kfp_api
     with pytest.raises(SystemExit, match=r"unknown pipeline parameter\(s\) \['supernet_stpes'\]"):
         main(["pipeline", "submit", "--host", url, "--set", "supernet_stpes=10"])
+    given = [f"--set={name}={value}" for name, value in CLUSTER.items() if name != "triton_url"]
+    with pytest.raises(SystemExit, match=r"a cluster run needs triton_url \(the Triton gRPC service"):
+        main(["pipeline", "submit", "--host", url, *given])
     with pytest.raises(SystemExit, match=r"--cron: expected 5 fields .* got '3 \* \*'"):
-        main(["pipeline", "schedule", "--host", url, "--cron", "3 * *"])
+        main(["pipeline", "schedule", "--host", url, *given, "--set", "triton_url=t:8001", "--cron", "3 * *"])
     with pytest.raises(SystemExit, match=r"--set 'gpus': expected NAME=VALUE"):
         main(["pipeline", "submit", "--host", url, "--set", "gpus"])
     assert not posted(handler, "runs") and not posted(handler, "recurringruns")

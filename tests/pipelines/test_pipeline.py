@@ -38,7 +38,7 @@ def test_the_compiled_pipeline_pins_images_requests_gpus_and_caches_only_pure_st
     assert sorted(tasks) == sorted(images)
     assert all(task["taskInfo"]["name"] != name for name, task in tasks.items())  # each has a display name
     uncached = {name for name, task in tasks.items() if not task.get("cachingOptions", {}).get("enableCache")}
-    assert uncached == {"evaluate", "deploy"}  # they read and write the served repository
+    assert uncached == {"evaluate", "export", "deploy"}  # the served repository, and evaluate's figures
     condition = spec["root"]["dag"]["tasks"]["condition-1"]["triggerPolicy"]["condition"]
     assert "pipelinechannel--evaluate-Output" in condition  # export and deploy wait for the gate
 
@@ -65,7 +65,8 @@ def test_a_local_run_writes_every_artifact_deploys_and_answers_over_grpc(tiny_ru
     assert (outputs / "search" / "top_architectures").read_text().startswith("# Top architectures")
     assert "**deploy**" in (outputs / "evaluate" / "report").read_text()
     assert json.loads((outputs / "export" / "metrics").read_text())["parity"]["max_abs_diff"] <= 1e-5
-    assert json.loads((outputs / "deploy" / "metrics").read_text())["check"]["max_abs_diff"] <= 1e-5
+    check = json.loads((outputs / "deploy" / "metrics").read_text())["check"]
+    assert check["max_abs_diff"] <= 1e-5 and check["served_version"] == 1 and check["rows"] == 64
     model = run.repository / "nasrec_ctr"
     assert versions(model) == [1]
     assert float(read_metadata(model / "1" / "model.onnx")["test_auc"]) == evaluation["test"]["auc"]
@@ -80,18 +81,28 @@ def test_a_local_run_writes_every_artifact_deploys_and_answers_over_grpc(tiny_ru
 
 
 def test_a_rerun_reuses_the_pure_steps_and_the_gate_can_refuse(tiny_run, tmp_path: Path) -> None:
-    parameters = tiny_run.parameters | {"min_auc": 1.0}
-    again = run_local(parameters, tiny_run.out)
-    reused = {step for step, took in step_times(again, STEPS).items() if took == "reused from the cache"}
-    assert reused == {"ingest", "train_supernet", "search", "finetune"}
-    assert again.artifact("winner") == tiny_run.artifact("winner")
-    assert not again.outputs["deployed"]
+    again = run_local(tiny_run.parameters, tiny_run.out)  # the same inputs: the same winner, served already
+    times = step_times(again, STEPS)
+    assert {step for step, took in times.items() if took == "reused from the cache"} == {
+        "ingest",
+        "train_supernet",
+        "search",
+        "finetune",
+    }
+    assert times["export"] == times["deploy"] == "not run: the quality gate said no"
+    assert again.artifact("winner") == tiny_run.artifact("winner") and not again.outputs["deployed"]
     evaluation = json.loads(again.artifact("evaluation").read_text())
-    assert "below the threshold 1.0000" in evaluation["reason"]
-    assert versions(again.repository / "nasrec_ctr") == [1]  # nothing exported, nothing deployed
+    assert evaluation["reason"] == "the served version 1 is this very model (the same weights)"
+
+    strict = run_local(tiny_run.parameters | {"min_auc": 1.0}, tiny_run.out)
+    assert not strict.outputs["deployed"]
+    assert "below the threshold 1.0000" in json.loads(strict.artifact("evaluation").read_text())["reason"]
+    assert versions(strict.repository / "nasrec_ctr") == [1]  # nothing exported, nothing deployed
+    code_changed = run_local(tiny_run.parameters | {"min_auc": 1.0, "code_digest": "0" * 16}, tiny_run.out)
+    assert code_changed.artifact("data") != tiny_run.artifact("data")  # another code digest: every step reruns
 
     with pytest.raises(PipelineStepError, match=r"step 'ingest' failed; its log: .*logs/ingest\.log"):
-        run_local(parameters | {"schema": "avazu", "data_digest": "other"}, tmp_path)
+        run_local(tiny_run.parameters | {"schema": "avazu"}, tmp_path)
     assert "ingest failed: IngestError" in (tmp_path / "logs" / "ingest.log").read_text()
 
 

@@ -136,4 +136,5 @@ def test_the_export_step_records_the_test_metrics_the_next_gate_compares_with(
     metadata = read_metadata(tmp_path / "export" / MODEL_FILE)
     assert float(metadata["test_auc"]) == 0.7123456789 and float(metadata["test_log_loss"]) == 0.45
     add_version(tmp_path / "export", tmp_path / "repository", "ctr", ServingConfig())
-    assert served_model(str(tmp_path / "repository"), "ctr") == {"version": 1, "test_auc": 0.7123456789}
+    served = served_model(str(tmp_path / "repository"), "ctr")
+    assert served == {"version": 1, "test_auc": 0.7123456789, "weights_sha256": metadata["weights_sha256"]}

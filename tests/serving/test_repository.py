@@ -8,6 +8,7 @@ import shutil
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
+from components.steps.deploy import DeployRun, deploy
 from features.transform import FeatureTransform
 from serving.repository import (
     CONFIG_FILE,
@@ -105,3 +106,13 @@ def test_an_unservable_config_is_refused_with_the_field_at_fault(tmp_path) -> No
     broken.write_text("max_batch_size: many\n")
     with pytest.raises(ValueError, match="not a valid Triton model config"):
         read_config(broken)
+
+
+def test_a_version_that_fails_its_check_is_taken_out_again(criteo_exported: Exported, ingest_shared, tmp_path) -> None:
+    repository = tmp_path / "repository"
+    first = deploy(criteo_exported.exports[0], repository, DeployRun(model_name="ctr", check_rows=0))
+    assert first["version"] == 1 and "check" not in first
+    _, avazu = ingest_shared("avazu")  # rows of other data: the wrong widths for this model
+    with pytest.raises(Exception, match="INVALID_ARGUMENT : Got invalid dimensions"):
+        deploy(criteo_exported.exports[1], repository, DeployRun(model_name="ctr", check_rows=8), avazu.out_dir)
+    assert versions(repository / "ctr") == [1]  # the version served before stays the latest
