@@ -22,13 +22,14 @@ def evaluate(
     from components.artifacts import log_metrics, step_log
 
     with step_log("evaluate"):
-        from components.steps.common import resolve_device
+        from components.steps.common import training_device
         from components.steps.evaluate import EvaluateRun
         from components.steps.evaluate import evaluate as evaluate_step
         from components.steps.evaluate import report as gate_report
 
         run = EvaluateRun.from_dict({"min_auc": min_auc, "repository": repository, "model_name": model_name})
-        result = evaluate_step(Path(winner.path), Path(data.path), None, run, resolve_device())
+        cpu = training_device(0)  # its pod runs the CPU image
+        result = evaluate_step(Path(winner.path), Path(data.path), None, run, cpu)
         Path(report.path).write_text(gate_report(result))
         log_metrics(evaluation, result)  # its file is the whole evaluation: export reads the test metrics there
         return result["deploy"]

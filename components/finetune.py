@@ -13,11 +13,13 @@ def finetune(
     top_k: int,
     epochs: float,
     seed: int,
+    gpus: int,
     code_digest: str,
     winner: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Train the first `top_k` architectures of the search for `epochs` epochs; the winner is a NASRecNet.
+    """Train the first `top_k` architectures of the search for `epochs` epochs; the winner is a NASRecNet;
+    `gpus` 0: on the CPU, else on CUDA.
     `code_digest` (of the project's source) makes a code change a new cache key."""
     import shutil
     import tempfile
@@ -26,13 +28,13 @@ def finetune(
     from components.artifacts import log_metrics, step_log
 
     with step_log("finetune"):
-        from components.steps.common import resolve_device
+        from components.steps.common import training_device
         from components.steps.finetune import FinetuneRun, read_architectures
         from components.steps.finetune import finetune as finetune_step
 
         run = FinetuneRun.from_dict({"epochs": epochs, "seed": seed, "progress": False})
         architectures = read_architectures(Path(history.path) / "top_k.json", top_k)
         with tempfile.TemporaryDirectory() as work:  # the candidates' checkpoints; the winner's is moved out
-            result = finetune_step(architectures, Path(data.path), Path(work), run, resolve_device())
+            result = finetune_step(architectures, Path(data.path), Path(work), run, training_device(gpus))
             shutil.move(Path(work) / "winner", winner.path)
         log_metrics(metrics, result)

@@ -12,20 +12,21 @@ def train_supernet(
     space: str,
     steps: int,
     seed: int,
+    gpus: int,
     code_digest: str,
     supernet: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Train a supernet over search space `space` for `steps` steps, on a GPU when the pod has one.
+    """Train a supernet over search space `space` for `steps` steps; on the CPU for `gpus` 0, else on CUDA.
     `code_digest` (of the project's source) makes a code change a new cache key."""
     from pathlib import Path
 
     from components.artifacts import log_metrics, step_log
 
     with step_log("train_supernet"):
-        from components.steps.common import resolve_device
+        from components.steps.common import training_device
         from components.steps.train_supernet import SupernetRun
         from components.steps.train_supernet import train_supernet as train_step
 
         run = SupernetRun.from_dict({"space": space, "steps": steps, "seed": seed, "progress": False})
-        log_metrics(metrics, train_step(Path(data.path), Path(supernet.path), run, resolve_device()))
+        log_metrics(metrics, train_step(Path(data.path), Path(supernet.path), run, training_device(gpus)))

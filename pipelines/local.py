@@ -155,16 +155,25 @@ def synthetic_log(out: Path, schema: str, preset: Preset, seed: int) -> Path:
     return path
 
 
+def local_gpus() -> int:
+    """What a local run trains on unless told: the GPU when this machine has one."""
+    import torch
+
+    return int(torch.cuda.is_available())
+
+
 def run_local(parameters: dict[str, Any], out: Path, preset: Preset | None = None) -> LocalRun:
-    """Run the pipeline with `parameters` (over the pipeline's defaults) under `out`; without raw files, on
-    the preset's synthetic log. Raises PipelineStepError naming the failed step and its log."""
+    """Run the pipeline with `parameters` (over the pipeline's defaults; `gpus` defaults to `local_gpus()`)
+    under `out`; without raw files, on the preset's synthetic log. Raises PipelineStepError naming the failed
+    step and its log."""
     from kfp import local
 
     from pipelines.pipeline import nasrec_pipeline
 
     check_parameters(parameters)
     out = Path(out).absolute()
-    parameters = {k: v for k, v in pipeline_parameters().items() if v is not None} | parameters
+    defaults = {k: v for k, v in pipeline_parameters().items() if v is not None} | {"gpus": local_gpus()}
+    parameters = defaults | parameters
     parameters["repository"] = parameters["repository"] or str(out / "triton")
     if not parameters.get("raw_files"):
         log = synthetic_log(out, parameters["schema"], preset or Preset({}), parameters["seed"])
@@ -239,7 +248,8 @@ def summarise(run: LocalRun) -> None:
     import json
 
     evaluation = json.loads(run.artifact("evaluation").read_text())
-    print(f"\npipeline finished in {run.seconds:.0f} s; each step:")
+    device = f"{run.parameters['gpus']} GPU(s)" if run.parameters["gpus"] else "the CPU"
+    print(f"\npipeline finished in {run.seconds:.0f} s, training on {device}; each step:")
     for step, took in step_times(run, STEPS).items():
         print(f"  {step:15s} {took}")
     test = evaluation["test"]

@@ -68,7 +68,8 @@ def nasrec_pipeline(
     row,fold file and the test fold (empty: split by time); data_digest and code_digest: change when the raw
     files or the project's code do (cache keys; run-local computes both). space: search-space preset;
     supernet_steps; population/generations/top_k/max_mflops (0: no limit)/fitness_steps: the search budget;
-    finetune_epochs; seed; gpus: GPUs for each training step (0: CPU). min_auc: the gate's floor;
+    finetune_epochs; seed; gpus: GPUs for each training step (0: the CPU, even where a GPU is present).
+    min_auc: the gate's floor;
     repository: the Triton model repository served (its latest version is the gate's other bar, and deploy
     adds the next one); serving_variant: local or production; triton_url: a running Triton to load the new
     version into (empty: check it on a local Triton).
@@ -78,7 +79,12 @@ def nasrec_pipeline(
     )
     data.set_display_name("Ingest through Feast")
     supernet = train_supernet(
-        data=data.outputs["data"], space=space, steps=supernet_steps, seed=seed, code_digest=code_digest
+        data=data.outputs["data"],
+        space=space,
+        steps=supernet_steps,
+        seed=seed,
+        gpus=gpus,
+        code_digest=code_digest,
     )
     supernet.set_display_name("Train supernet")
     searched = search(
@@ -90,6 +96,7 @@ def nasrec_pipeline(
         max_mflops=max_mflops,
         fitness_steps=fitness_steps,
         seed=seed,
+        gpus=gpus,
         code_digest=code_digest,
     )
     searched.set_display_name("Search architectures")
@@ -99,6 +106,7 @@ def nasrec_pipeline(
         top_k=top_k,
         epochs=finetune_epochs,
         seed=seed,
+        gpus=gpus,
         code_digest=code_digest,
     )
     tuned.set_display_name("Fine-tune the top architectures")

@@ -94,6 +94,21 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ValueError(f"device: one of {list(DEVICES)} or cuda:N, got {name!r}") from None
 
 
+def training_device(gpus: int) -> torch.device:
+    """The device of a pipeline step that was given `gpus` GPUs: the CPU for 0 (even where a GPU is present, so
+    that `gpus: 0` means what it says on a GPU workstation too), else the first CUDA device, which must exist."""
+    if gpus < 0:
+        raise ValueError(f"gpus: must be >= 0, got {gpus}")
+    if gpus == 0:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"gpus={gpus}, but this step sees no CUDA device: on a cluster, is the node pool's GPU resource "
+            f"nvidia.com/gpu and the image the cuda one? Locally, run with gpus 0"
+        )
+    return torch.device("cuda")
+
+
 def steps_for(data: IngestedData, batch_size: int, epochs: float) -> int:
     return max(1, math.ceil(data.rows("train") * epochs / batch_size))
 

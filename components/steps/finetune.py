@@ -173,6 +173,7 @@ def finetune(
         "winner": {**winner, "mflops": mflops, "parameters": parameters},
         "candidates": candidates,
         "run": run.to_dict(),
+        "device": str(device),
         "data": str(Path(data_dir).resolve()),  # what export checks the model on by default
     }
     write_json(winner_dir / "metrics.json", metrics)

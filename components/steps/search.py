@@ -144,6 +144,7 @@ def search(supernet_path: Path, data_dir: Path, out: Path, run: SearchRun, devic
         "evaluations": len(records),
         "best": best[0],
         "config": run.to_dict(),
+        "device": str(device),
         "artifacts": ["history.jsonl", "top_k.json", "search_trajectory.png", "auc_vs_mflops.png"],
     }
     write_json(out / "summary.json", summary)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from components.steps.common import StepConfig, resolve_device
+from components.steps.common import StepConfig, resolve_device, training_device
 from components.steps.deploy import DeployRun
 from components.steps.evaluate import EvaluateRun
 from components.steps.export import ExportRun
@@ -55,3 +55,14 @@ def test_a_bad_config_names_the_field_at_fault() -> None:
     for device in ("tpu", "cuda:x"):
         with pytest.raises(ValueError, match=r"device: one of \['auto', 'cpu', 'cuda'\] or cuda:N, got"):
             resolve_device(device)
+
+
+def test_gpus_choose_the_training_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert training_device(0).type == "cpu"  # 0 means the CPU, even on a machine with a GPU
+    with pytest.raises(ValueError, match=r"gpus: must be >= 0, got -1"):
+        training_device(-1)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"gpus=1, but this step sees no CUDA device"):
+        training_device(1)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert training_device(2).type == "cuda"

@@ -10,7 +10,7 @@ import yaml
 
 from components.images import CPU_IMAGE, CUDA_IMAGE
 from pipelines import COMPILED_PIPELINE
-from pipelines.local import STEPS, PipelineStepError, Preset, run_local, serve_held_out, step_times
+from pipelines.local import STEPS, PipelineStepError, Preset, local_gpus, run_local, serve_held_out, step_times
 from pipelines.pipeline import compile_pipeline
 from serving.export import read_metadata
 from serving.repository import versions
@@ -72,6 +72,10 @@ def test_a_local_run_writes_every_artifact_deploys_and_answers_over_grpc(tiny_ru
     assert float(read_metadata(model / "1" / "model.onnx")["test_auc"]) == evaluation["test"]["auc"]
     assert all(took.endswith(" s") for took in step_times(run, STEPS).values())
     assert len(run.parameters["data_digest"]) == 16  # the log's files are part of ingest's cache key
+    assert run.parameters["gpus"] == local_gpus()  # unless told: the GPU when present
+    trained_on = "cuda" if run.parameters["gpus"] else "cpu"
+    for step in ("train-supernet", "search", "finetune"):
+        assert json.loads((outputs / step / "metrics").read_text())["device"] == trained_on, step
 
     serve_held_out(run, 5)
     printed = capsys.readouterr().out
