@@ -4,6 +4,10 @@ A row is a mapping of the schema's raw column names to raw values, as in the log
 row, fetches entity features from the Feast online store when the schema has entities (the row then
 carries the entity keys, not the entity's features), applies the served model's fitted feature transform
 (the same code as training; unseen categories become id 0), batches the rows and calls Triton.
+
+A client asks for one version of the model: the one whose transform it holds. When the server stops serving it
+(a newer version rolled in), a client made from the repository moves to the newest version the server has ready,
+so a retrained model with another transform can roll in under the same name while clients keep asking.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from features.schema import DatasetSchema
 from features.transform import FeatureTransform
 from serving.errors import RowError, ServingError
 from serving.interface import DEFAULT_MODEL, DENSE_INPUT, OUTPUT, SPARSE_INPUT
-from serving.repository import TRANSFORM_PARAMETER, versions
+from serving.repository import transform_parameter, versions
 
 
 @dataclass(frozen=True)
@@ -122,56 +126,97 @@ class RequestFeatures:
         return self.bundle.transform.transform(columns)
 
 
+class RetiredVersionError(ServingError):
+    """The server no longer serves the version this client asks for: a newer one has taken its place."""
+
+
 class CTRClient:
-    """Click probabilities from a Triton server for raw feature rows."""
+    """Click probabilities from a Triton server for raw feature rows.
+
+    `bundle`: the version to ask for; None (with `repository`): the newest version of `repository` that the
+    server has ready. With `repository`, the client follows the model to its newest version when the server
+    retires the one it asks for.
+    """
 
     def __init__(
         self,
         url: str,
-        bundle: ModelBundle,
+        bundle: ModelBundle | None,
         model: str = DEFAULT_MODEL,
         feature_repo: Path | None = None,
         max_batch_size: int = 4096,
         timeout_s: float = 30.0,
+        repository: Path | None = None,
     ):
+        if bundle is None and repository is None:
+            raise ValueError("CTRClient: give the bundle of a version, or the repository to take the newest from")
         self.url = url
         self.model = model
-        self.bundle = bundle
-        self.features = RequestFeatures(bundle, feature_repo)
+        self.feature_repo = feature_repo
+        self.repository = Path(repository) if repository is not None else None
         self.max_batch_size = max_batch_size
         self.timeout_s = timeout_s
         self._client = grpcclient.InferenceServerClient(url)
-        self._check_server()
+        self._check_live()
+        if bundle is None:
+            self.follow()
+        else:
+            self._use(bundle)
 
     @classmethod
     def from_repository(
         cls, url: str, repository: Path, model: str = DEFAULT_MODEL, feature_repo: Path | None = None, **options: Any
     ) -> CTRClient:
-        """A client for the latest version of `model` in the Triton model repository the server serves."""
-        return cls(url, ModelBundle.load(repository, model), model, feature_repo, **options)
+        """A client for the newest version of `model` in the Triton model repository that the server has ready."""
+        return cls(url, None, model, feature_repo, repository=repository, **options)
 
-    def _check_server(self) -> None:
+    def _check_live(self) -> None:
         try:
             live = self._client.is_server_live(client_timeout=self.timeout_s)
         except InferenceServerException as error:
             raise ServingError(f"Triton at {self.url} is not reachable: {error.message()}") from None
         if not live:
             raise ServingError(f"Triton at {self.url} is not live")
-        if not self._call(self._client.is_model_ready, self.model):
-            raise ServingError(f"Triton at {self.url}: model {self.model!r} is not ready (loaded? still loading?)")
-        config = self._call(self._client.get_model_config, self.model).config
-        self.max_batch_size = min(self.max_batch_size, config.max_batch_size or self.max_batch_size)
-        served = config.parameters[TRANSFORM_PARAMETER].string_value
+
+    def _ready(self, version: int) -> bool:
+        return self._call(self._client.is_model_ready, self.model, str(version))
+
+    def _use(self, bundle: ModelBundle) -> None:
+        """Ask for `bundle`'s version from now on: the server must have it ready, trained with its transform."""
+        where = f"Triton at {self.url}: model {self.model!r} version {bundle.version}"
+        if not self._ready(bundle.version):
+            raise ServingError(f"{where} is not ready (loaded? still loading? retired by a newer version?)")
+        config = self._call(self._client.get_model_config, self.model, str(bundle.version)).config
+        served = config.parameters[transform_parameter(bundle.version)].string_value
         if not served:
             raise ServingError(
-                f"Triton at {self.url}: model {self.model!r} does not say which feature transform it was trained "
-                f"with (config parameter {TRANSFORM_PARAMETER}); write its repository with `nasrec deploy`"
+                f"{where}: its config does not say which feature transform it was trained with (parameter "
+                f"{transform_parameter(bundle.version)}); write its repository with `nasrec deploy`"
             )
-        if served != self.bundle.transform.sha256():
+        if served != bundle.transform.sha256():
             raise ServingError(
-                f"Triton at {self.url}: model {self.model!r} was trained with feature transform {served[:12]}, "
-                f"this client holds {self.bundle.transform.sha256()[:12]} (version {self.bundle.version}): reload it"
+                f"{where} was trained with feature transform {served[:12]}, the client's bundle holds "
+                f"{bundle.transform.sha256()[:12]}: is the server serving another repository?"
             )
+        self.max_batch_size = min(self.max_batch_size, config.max_batch_size or self.max_batch_size)
+        self.features = RequestFeatures(bundle, self.feature_repo)
+        self.bundle = bundle
+
+    def follow(self) -> None:
+        """Move to the newest version of the repository that the server has ready."""
+        if self.repository is None:
+            raise ServingError(
+                f"Triton at {self.url}: model {self.model!r} no longer serves version {self.bundle.version}, and "
+                f"this client has no repository to find the new version in (make it with from_repository)"
+            )
+        model_dir = self.repository / self.model
+        for version in reversed(versions(model_dir)):
+            if self._ready(version):
+                self._use(ModelBundle.load(self.repository, self.model, version))
+                return
+        raise ServingError(
+            f"Triton at {self.url}: no version of model {self.model!r} in {model_dir} is ready (loaded? loading?)"
+        )
 
     def _call(self, method, *args: Any, **kwargs: Any):
         try:
@@ -180,11 +225,32 @@ class CTRClient:
             raise ServingError(f"Triton at {self.url}, model {self.model!r}: {error.message()}") from None
 
     def predict(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Click probabilities, one per row (float32)."""
-        return self.predict_arrays(*self.features(rows))
+        """Click probabilities, one per row (float32). Should the server retire the version asked for, the
+        client follows the model to its newest version and asks again, with that version's transform."""
+        try:
+            return self._predict(*self.features(rows))
+        except RetiredVersionError:
+            self.follow()
+            return self._predict(*self.features(rows))
 
     def predict_arrays(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
-        """Probabilities for model-ready arrays, sent in requests of at most `max_batch_size` rows."""
+        """Probabilities for model-ready arrays made by `features`. Should the server retire the version asked
+        for, the client follows the model to its newest version, and asks again only if that version has the
+        same transform: the arrays hold ids of the old one."""
+        try:
+            return self._predict(dense, sparse)
+        except RetiredVersionError:
+            made_with = self.bundle
+            self.follow()
+            if self.bundle.transform.sha256() != made_with.transform.sha256():
+                raise ServingError(
+                    f"Triton at {self.url}: model {self.model!r} moved from version {made_with.version} to "
+                    f"{self.bundle.version}, which has another feature transform: make the arrays again with features"
+                ) from None
+            return self._predict(dense, sparse)
+
+    def _predict(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+        """Sent in requests of at most `max_batch_size` rows."""
         parts = [
             self._infer(dense[start : start + self.max_batch_size], sparse[start : start + self.max_batch_size])
             for start in range(0, len(dense), self.max_batch_size)
@@ -192,8 +258,21 @@ class CTRClient:
         return np.concatenate(parts)
 
     def _infer(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
-        inputs = infer_inputs(dense, sparse)
-        result = self._call(self._client.infer, self.model, inputs, outputs=[grpcclient.InferRequestedOutput(OUTPUT)])
+        version = self.bundle.version
+        try:
+            result = self._client.infer(
+                self.model,
+                infer_inputs(dense, sparse),
+                model_version=str(version),
+                outputs=[grpcclient.InferRequestedOutput(OUTPUT)],
+                client_timeout=self.timeout_s,
+            )
+        except InferenceServerException as error:
+            if not self._ready(version):
+                raise RetiredVersionError(
+                    f"Triton at {self.url}: model {self.model!r} no longer serves version {version}"
+                ) from None
+            raise ServingError(f"Triton at {self.url}, model {self.model!r}: {error.message()}") from None
         probability = result.as_numpy(OUTPUT)
         if probability is None or probability.shape != (len(dense), 1):
             shape = None if probability is None else probability.shape

@@ -8,7 +8,8 @@ Two variants serve the same `model.onnx`:
 
 `config.pbtxt` is built from Triton's own `ModelConfig` protobuf. Each version directory also holds the
 export's `transform.json`, `schema.yaml` and `export.json`, so a client can use the transform the served
-version was trained with.
+version was trained with. Versions may differ in transform (a model retrained on re-ingested data): the config
+names each version's transform digest, and clients ask for the version whose transform they hold.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ INSTANCE_KINDS = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstance
 CONFIG_FILE = "config.pbtxt"
 BUNDLE_FILES = ("transform.json", "schema.yaml", "export.json")  # beside model.onnx in each version
 PYTHON_MODEL = Path(__file__).with_name("triton_model.py")
-TRANSFORM_PARAMETER = "nasrec_feature_transform_sha256"
+TRANSFORM_PARAMETER = "nasrec_feature_transform_sha256"  # one a version: see transform_parameter
 THREADS_PARAMETER = "onnx_intra_op_threads"
 PARALLEL_PARAMETER = "onnx_parallel_runs"
 
@@ -71,10 +72,16 @@ class ServingConfig:
             raise ValueError(f"batch sizes {too_large} exceed max_batch_size {self.max_batch_size}")
 
 
+def transform_parameter(version: int) -> str:
+    """The config parameter holding the feature transform digest of `version`."""
+    return f"{TRANSFORM_PARAMETER}_v{version}"
+
+
 def model_config(
-    name: str, num_dense: int, num_sparse: int, transform_sha256: str, config: ServingConfig
+    name: str, num_dense: int, num_sparse: int, transforms: dict[int, str], config: ServingConfig
 ) -> mc.ModelConfig:
-    """The `ModelConfig` of an exported CTR model with these input widths."""
+    """The `ModelConfig` of an exported CTR model with these input widths; `transforms` maps each version to
+    the digest of the feature transform it was trained with."""
     model = mc.ModelConfig(name=name, max_batch_size=config.max_batch_size)
     if config.variant == "production":
         model.platform = "onnxruntime_onnx"
@@ -101,7 +108,8 @@ def model_config(
         warmup.inputs[SPARSE_INPUT].CopyFrom(
             mc.ModelWarmup.Input(data_type=mc.TYPE_INT64, dims=[num_sparse], zero_data=True)
         )
-    model.parameters[TRANSFORM_PARAMETER].string_value = transform_sha256
+    for version, digest in transforms.items():
+        model.parameters[transform_parameter(version)].string_value = digest
     for key, value in config.extra_parameters.items():
         model.parameters[key].string_value = value
     return model
@@ -146,9 +154,9 @@ def add_version(
     if version in existing:
         raise FileExistsError(f"{model_dir / str(version)}: version {version} exists; versions are immutable")
     schema = json.loads(record["metadata"]["input_schema"])
-    new_config = model_config(
-        name, schema["num_dense"], len(schema["cardinalities"]), record["metadata"]["feature_transform_sha256"], config
-    )
+    transforms = {v: _read_export(model_dir / str(v))["metadata"]["feature_transform_sha256"] for v in existing}
+    transforms[version] = record["metadata"]["feature_transform_sha256"]
+    new_config = model_config(name, schema["num_dense"], len(schema["cardinalities"]), transforms, config)
     config_path = model_dir / CONFIG_FILE
     if config_path.exists():
         _check_same_interface(read_config(config_path), new_config, config_path)
@@ -170,6 +178,17 @@ def add_version(
     return model_dir / str(version)
 
 
+def remove_version(model_dir: Path, version: int) -> None:
+    """Take `version` out of the model (a deploy whose check failed): its folder, and its transform in the
+    config, so the version before it is the latest again."""
+    shutil.rmtree(model_dir / str(version))
+    config_path = model_dir / CONFIG_FILE
+    if config_path.exists():
+        config = read_config(config_path)
+        config.parameters.pop(transform_parameter(version), None)
+        write_config(config_path, config)
+
+
 def _read_export(export_dir: Path) -> dict:
     missing = [f for f in (MODEL_FILE, *BUNDLE_FILES) if not (export_dir / f).exists()]
     if missing:
@@ -178,17 +197,12 @@ def _read_export(export_dir: Path) -> dict:
 
 
 def _check_same_interface(current: mc.ModelConfig, new: mc.ModelConfig, path: Path) -> None:
-    """A new version must take the same inputs and be served the same way, or it needs its own model name."""
+    """A new version must take the same inputs and be served the same way, or it needs its own model name.
+    Its feature transform may differ: clients ask for the version whose transform they hold."""
     if list(current.input) != list(new.input) or list(current.output) != list(new.output):
         raise ValueError(f"{path}: the new version's inputs or outputs differ from the model's; use a new model name")
     if (current.platform, current.backend) != (new.platform, new.backend):
         raise ValueError(
             f"{path}: the model is served by {current.platform or current.backend!r}, the new version by "
             f"{new.platform or new.backend!r}; use a new model name"
-        )
-    served, incoming = (c.parameters[TRANSFORM_PARAMETER].string_value for c in (current, new))
-    if served != incoming:  # clients hold the transform: a new one under the same name would feed it wrong ids
-        raise ValueError(
-            f"{path}: the new version was trained with feature transform {incoming[:12]}, the model's versions "
-            f"with {served[:12]}; clients of this model would send it wrong ids: use a new model name"
         )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from serving.client import infer_inputs, load_model
 from serving.errors import ServingError
 from serving.export import PARITY_TOLERANCE, onnx_session
 from serving.interface import DEFAULT_MODEL, DENSE_INPUT, MODEL_FILE, OUTPUT, SPARSE_INPUT
-from serving.repository import ServingConfig, add_version
+from serving.repository import ServingConfig, add_version, remove_version
 from serving.server import TritonServer
 
 DEFAULT_BATCH_SIZES = {"preferred_batch_sizes": (64, 512), "warmup_batch_sizes": (1, 512)}
@@ -80,7 +79,7 @@ def deploy(export_dir: Path, repository: Path, run: DeployRun, data_dir: Path | 
         if run.check_rows:
             record["check"] = check_version(folder, Path(repository), run, data_dir)
     except BaseException:
-        shutil.rmtree(folder)
+        remove_version(folder.parent, int(folder.name))
         if run.url:
             with contextlib.suppress(ServingError):
                 load_model(run.url, run.model_name)  # back to the version served before

@@ -66,6 +66,19 @@ def criteo_exported(ingest_shared, tmp_path_factory) -> Exported:
 
 
 @pytest.fixture(scope="session")
+def criteo_retrained(tmp_path_factory) -> Exported:
+    """The same architecture trained on another fold's training split: another fitted feature transform."""
+    from features.ingest import SplitSpec, ingest
+    from features.schema import builtin_schema
+    from tests.conftest import shared
+
+    raw = shared("criteo")
+    folder = tmp_path_factory.mktemp("criteo_retrained")
+    data = ingest(builtin_schema("criteo"), [raw], folder / "data", SplitSpec(folds=raw.parent / "folds.csv", fold=1))
+    return train_and_export(data, folder)
+
+
+@pytest.fixture(scope="session")
 def avazu_exported(ingest_shared, tmp_path_factory) -> Exported:
     _, data = ingest_shared("avazu")
     return train_and_export(data, tmp_path_factory.mktemp("avazu_served"))

@@ -14,10 +14,11 @@ from serving.repository import (
     CONFIG_FILE,
     PARALLEL_PARAMETER,
     THREADS_PARAMETER,
-    TRANSFORM_PARAMETER,
     ServingConfig,
     add_version,
     read_config,
+    remove_version,
+    transform_parameter,
     versions,
 )
 from tests.serving.conftest import Exported
@@ -51,7 +52,7 @@ def test_the_local_variant_is_a_python_backend_model_running_onnx_runtime(criteo
     assert config.parameters[THREADS_PARAMETER].string_value == "1"
     assert config.parameters[PARALLEL_PARAMETER].string_value == "3"
     transform = FeatureTransform.load(criteo_exported.exports[0] / "transform.json")
-    assert config.parameters[TRANSFORM_PARAMETER].string_value == transform.sha256()
+    assert config.parameters[transform_parameter(1)].string_value == transform.sha256()
     assert config.version_policy.latest.num_versions == 1
 
 
@@ -69,7 +70,9 @@ def test_the_production_variant_runs_triton_onnx_runtime_on_gpus_with_tensorrt(
     assert list(config.dynamic_batching.preferred_batch_size) == [256]
 
 
-def test_versions_are_numbered_immutable_and_keep_one_interface(criteo_exported: Exported, tmp_path) -> None:
+def test_versions_are_numbered_immutable_and_keep_one_interface(
+    criteo_exported: Exported, criteo_retrained: Exported, tmp_path
+) -> None:
     repository = tmp_path / "repository"
     for export in criteo_exported.exports:
         add_version(export, repository, "ctr", ServingConfig())
@@ -78,15 +81,26 @@ def test_versions_are_numbered_immutable_and_keep_one_interface(criteo_exported:
         add_version(criteo_exported.exports[0], repository, "ctr", ServingConfig(), version=2)
     with pytest.raises(ValueError, match=r"served by 'python'.*'onnxruntime_onnx'"):
         add_version(criteo_exported.exports[0], repository, "ctr", ServingConfig(variant="production"))
-    retrained = tmp_path / "retrained"  # trained on re-ingested data: another transform
-    shutil.copytree(criteo_exported.exports[1], retrained)
-    record = json.loads((retrained / "export.json").read_text())
-    record["metadata"]["feature_transform_sha256"] = "0" * 64
-    (retrained / "export.json").write_text(json.dumps(record))
-    with pytest.raises(ValueError, match=r"trained with feature transform 000000000000.*use a new model name"):
-        add_version(retrained, repository, "ctr", ServingConfig())
+    avazu = tmp_path / "avazu"  # another schema's inputs under the same name
+    shutil.copytree(criteo_exported.exports[1], avazu)
+    record = json.loads((avazu / "export.json").read_text())
+    record["metadata"]["input_schema"] = json.dumps({"num_dense": 0, "cardinalities": [10] * 22})
+    (avazu / "export.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"inputs or outputs differ from the model's; use a new model name"):
+        add_version(avazu, repository, "ctr", ServingConfig())
     assert versions(repository / "ctr") == [1, 2]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["repository", "retrained"]  # no staging left beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["avazu", "repository"]  # no staging left beside it
+
+    # retrained on re-ingested data: another transform, the same model name; each version names its own
+    add_version(criteo_retrained.exports[0], repository, "ctr", ServingConfig())
+    exports = (*criteo_exported.exports, criteo_retrained.exports[0])
+    digests = [FeatureTransform.load(export / "transform.json").sha256() for export in exports]
+    assert digests[0] == digests[1] != digests[2]
+    config = read_config(repository / "ctr" / CONFIG_FILE)
+    assert [config.parameters[transform_parameter(v)].string_value for v in (1, 2, 3)] == digests
+    remove_version(repository / "ctr", 3)  # a version whose deploy check failed
+    assert versions(repository / "ctr") == [1, 2]
+    assert transform_parameter(3) not in read_config(repository / "ctr" / CONFIG_FILE).parameters
 
 
 def test_an_unservable_config_is_refused_with_the_field_at_fault(tmp_path) -> None:

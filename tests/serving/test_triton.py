@@ -17,7 +17,7 @@ import torch
 from features.ingest import OnlineFeatures
 from features.readers import EVENT_ID, EVENT_TIMESTAMP
 from features.schema import DatasetSchema
-from serving.client import CTRClient, load_model, log_rows
+from serving.client import CTRClient, ModelBundle, RequestFeatures, load_model, log_rows
 from serving.errors import RowError, ServingError
 from serving.export import CTRProbability
 from serving.interface import DEFAULT_MODEL
@@ -68,7 +68,7 @@ def test_criteo_raw_rows_get_the_pytorch_probabilities_over_grpc(criteo_exported
 
             bad_requests(client, rows)
             assert np.abs(client.predict(rows[:10]) - v1[:10]).max() <= 1e-5  # still serving
-            with pytest.raises(ServingError, match="model 'absent' is not ready"):
+            with pytest.raises(ServingError, match="model 'absent' version 1 is not ready"):
                 CTRClient(server.url, client.bundle, model="absent")
 
             answers = roll_out(client, rows[:64], criteo_exported.exports[1], repository, server.url)
@@ -147,6 +147,51 @@ def export_net(version_folder: Path):
 
     record = json.loads((version_folder / "export.json").read_text())
     return load_checkpoint(Path(record["checkpoint"])).eval()
+
+
+def test_a_retrained_version_with_another_transform_rolls_in_and_clients_follow_it(
+    criteo_exported: Exported, criteo_retrained: Exported, tmp_path
+) -> None:
+    schema = DatasetSchema.load(criteo_exported.exports[0] / "schema.yaml")
+    rows = log_rows([shared("criteo")], schema, validation_rows(criteo_exported)[EVENT_ID].tolist()[:200])
+    repository = tmp_path / "repository"
+    add_version(criteo_exported.exports[0], repository, MODEL, ServingConfig())
+    with TritonServer(repository) as server:
+        following = CTRClient.from_repository(server.url, repository)
+        arrays_client = CTRClient.from_repository(server.url, repository)  # sends arrays made for version 1
+        pinned = CTRClient(server.url, ModelBundle.load(repository, MODEL, 1))  # no repository to follow in
+        v1_arrays = following.features(rows)
+        v1 = following.predict(rows)
+        np.testing.assert_allclose(v1, torch_probabilities(criteo_exported.net(1), *v1_arrays), atol=1e-5)
+
+        folder = add_version(criteo_retrained.exports[0], repository, MODEL, ServingConfig())
+        v2_arrays = RequestFeatures(ModelBundle.load(repository, MODEL, 2))(rows)
+        assert not np.array_equal(v2_arrays[1], v1_arrays[1])  # the new transform gives other ids
+        v2 = torch_probabilities(export_net(folder), *v2_arrays)
+        np.testing.assert_allclose(following.predict(rows), v1, atol=1e-5)  # not loaded yet: version 1 answers
+        load_model(server.url, MODEL)  # version 2 takes over; version 1 is retired
+        wait_until_retired(server.url, version=1)
+
+        np.testing.assert_allclose(following.predict(rows), v2, atol=1e-5)  # rows transformed for version 2
+        assert following.bundle.version == 2
+        with pytest.raises(ServingError, match=r"moved from version 1 to 2, which has another feature transform"):
+            arrays_client.predict_arrays(*v1_arrays)
+        assert arrays_client.bundle.version == 2
+        with pytest.raises(ServingError, match=r"no longer serves version 1, and this client has no repository"):
+            pinned.predict(rows)
+        for client in (following, arrays_client, pinned):
+            client.close()
+
+
+def wait_until_retired(url: str, version: int, timeout_s: float = 30.0) -> None:
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(url) as client:
+        deadline = time.monotonic() + timeout_s
+        while client.is_model_ready(MODEL, str(version)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"version {version} still served after {timeout_s} s")
+            time.sleep(0.05)
 
 
 def test_avazu_rows_get_their_entity_features_from_the_online_store(avazu_exported: Exported, tmp_path) -> None:
