@@ -97,6 +97,10 @@ def check_parameters(parameters: dict[str, Any]) -> None:
     unknown = sorted(set(parameters) - set(known))
     if unknown:
         raise ValueError(f"unknown pipeline parameter(s) {unknown}; known: {sorted(known)}")
+    if "gpus" in parameters:
+        from components.steps.common import check_gpus
+
+        check_gpus(parameters["gpus"])
 
 
 def code_digest() -> str:

@@ -68,7 +68,7 @@ def nasrec_pipeline(
     row,fold file and the test fold (empty: split by time); data_digest and code_digest: change when the raw
     files or the project's code do (cache keys; run-local computes both). space: search-space preset;
     supernet_steps; population/generations/top_k/max_mflops (0: no limit)/fitness_steps: the search budget;
-    finetune_epochs; seed; gpus: GPUs for each training step (0: the CPU, even where a GPU is present).
+    finetune_epochs; seed; gpus: 0 for the CPU (even where a GPU is present), 1 for a GPU for each training step.
     min_auc: the gate's floor;
     repository: the Triton model repository served (its latest version is the gate's other bar, and deploy
     adds the next one); serving_variant: local or production; triton_url: a running Triton to load the new

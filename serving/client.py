@@ -28,7 +28,7 @@ from features.schema import DatasetSchema
 from features.transform import FeatureTransform
 from serving.errors import RowError, ServingError
 from serving.interface import DEFAULT_MODEL, DENSE_INPUT, OUTPUT, SPARSE_INPUT
-from serving.repository import transform_parameter, versions
+from serving.repository import transform_parameter, version_transform, versions
 
 
 @dataclass(frozen=True)
@@ -126,16 +126,26 @@ class RequestFeatures:
         return self.bundle.transform.transform(columns)
 
 
-class RetiredVersionError(ServingError):
-    """The server no longer serves the version this client asks for: a newer one has taken its place."""
+class VersionNotReadyError(ServingError):
+    """The server does not have the version asked for ready: still loading, or retired by a newer one."""
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """Model-ready arrays of request rows, and the version whose feature transform made them."""
+
+    dense: np.ndarray  # (B, n_dense) float32
+    sparse: np.ndarray  # (B, n_sparse) int64
+    version: int
 
 
 class CTRClient:
     """Click probabilities from a Triton server for raw feature rows.
 
     `bundle`: the version to ask for; None (with `repository`): the newest version of `repository` that the
-    server has ready. With `repository`, the client follows the model to its newest version when the server
-    retires the one it asks for.
+    server has ready. With `repository`, the client follows the model to its newest ready version when the
+    server retires the one it asks for. `feature_repo`: the Feast repository for entity features, for every
+    version (default: the one each version's export records).
     """
 
     def __init__(
@@ -156,12 +166,17 @@ class CTRClient:
         self.repository = Path(repository) if repository is not None else None
         self.max_batch_size = max_batch_size
         self.timeout_s = timeout_s
+        self._digests: dict[int, str] = {}  # each version used so far: its transform digest
         self._client = grpcclient.InferenceServerClient(url)
-        self._check_live()
-        if bundle is None:
-            self.follow()
-        else:
-            self._use(bundle)
+        try:
+            self._check_live()
+            if bundle is None:
+                self._follow()
+            else:
+                self._use(bundle)
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def from_repository(
@@ -169,6 +184,11 @@ class CTRClient:
     ) -> CTRClient:
         """A client for the newest version of `model` in the Triton model repository that the server has ready."""
         return cls(url, None, model, feature_repo, repository=repository, **options)
+
+    @property
+    def bundle(self) -> ModelBundle:
+        """The version the client asks for now."""
+        return self._current[0]
 
     def _check_live(self) -> None:
         try:
@@ -185,9 +205,9 @@ class CTRClient:
         """Ask for `bundle`'s version from now on: the server must have it ready, trained with its transform."""
         where = f"Triton at {self.url}: model {self.model!r} version {bundle.version}"
         if not self._ready(bundle.version):
-            raise ServingError(f"{where} is not ready (loaded? still loading? retired by a newer version?)")
+            raise VersionNotReadyError(f"{where} is not ready (loaded? still loading? retired by a newer version?)")
         config = self._call(self._client.get_model_config, self.model, str(bundle.version)).config
-        served = config.parameters[transform_parameter(bundle.version)].string_value
+        served = version_transform(config, bundle.version)
         if not served:
             raise ServingError(
                 f"{where}: its config does not say which feature transform it was trained with (parameter "
@@ -199,22 +219,24 @@ class CTRClient:
                 f"{bundle.transform.sha256()[:12]}: is the server serving another repository?"
             )
         self.max_batch_size = min(self.max_batch_size, config.max_batch_size or self.max_batch_size)
-        self.features = RequestFeatures(bundle, self.feature_repo)
-        self.bundle = bundle
+        self._digests[bundle.version] = served
+        self._current = (bundle, RequestFeatures(bundle, self.feature_repo))  # one assignment: seen whole
 
-    def follow(self) -> None:
-        """Move to the newest version of the repository that the server has ready."""
+    def _follow(self) -> None:
+        """Ask for the newest version of the repository that the server has ready from now on."""
         if self.repository is None:
-            raise ServingError(
-                f"Triton at {self.url}: model {self.model!r} no longer serves version {self.bundle.version}, and "
-                f"this client has no repository to find the new version in (make it with from_repository)"
+            raise VersionNotReadyError(
+                f"Triton at {self.url}: model {self.model!r} version {self.bundle.version} is not ready, and this "
+                f"client has no repository to find another version in (make it with from_repository)"
             )
         model_dir = self.repository / self.model
         for version in reversed(versions(model_dir)):
-            if self._ready(version):
+            try:
                 self._use(ModelBundle.load(self.repository, self.model, version))
                 return
-        raise ServingError(
+            except VersionNotReadyError:
+                continue  # loading, or retired since: an older one may still serve
+        raise VersionNotReadyError(
             f"Triton at {self.url}: no version of model {self.model!r} in {model_dir} is ready (loaded? loading?)"
         )
 
@@ -224,41 +246,42 @@ class CTRClient:
         except InferenceServerException as error:
             raise ServingError(f"Triton at {self.url}, model {self.model!r}: {error.message()}") from None
 
+    def features(self, rows: Sequence[Mapping[str, Any]]) -> ModelInputs:
+        """The rows checked and transformed for the version the client asks for now."""
+        bundle, request_features = self._current
+        return ModelInputs(*request_features(rows), bundle.version)
+
     def predict(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Click probabilities, one per row (float32). Should the server retire the version asked for, the
         client follows the model to its newest version and asks again, with that version's transform."""
         try:
-            return self._predict(*self.features(rows))
-        except RetiredVersionError:
-            self.follow()
-            return self._predict(*self.features(rows))
+            return self._predict(self.features(rows))
+        except VersionNotReadyError:
+            self._follow()
+            return self._predict(self.features(rows))
 
-    def predict_arrays(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
-        """Probabilities for model-ready arrays made by `features`. Should the server retire the version asked
-        for, the client follows the model to its newest version, and asks again only if that version has the
-        same transform: the arrays hold ids of the old one."""
+    def predict_arrays(self, inputs: ModelInputs) -> np.ndarray:
+        """Probabilities for rows that `features` made. They go to the version the client asks for now, which
+        must have the same transform as the version that made them (else ServingError: make them again)."""
         try:
-            return self._predict(dense, sparse)
-        except RetiredVersionError:
-            made_with = self.bundle
-            self.follow()
-            if self.bundle.transform.sha256() != made_with.transform.sha256():
-                raise ServingError(
-                    f"Triton at {self.url}: model {self.model!r} moved from version {made_with.version} to "
-                    f"{self.bundle.version}, which has another feature transform: make the arrays again with features"
-                ) from None
-            return self._predict(dense, sparse)
+            return self._predict(inputs)
+        except VersionNotReadyError:
+            self._follow()
+            return self._predict(inputs)
 
-    def _predict(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
-        """Sent in requests of at most `max_batch_size` rows."""
-        parts = [
-            self._infer(dense[start : start + self.max_batch_size], sparse[start : start + self.max_batch_size])
-            for start in range(0, len(dense), self.max_batch_size)
-        ]
+    def _predict(self, inputs: ModelInputs) -> np.ndarray:
+        """Sent in requests of at most `max_batch_size` rows, to the version asked for now."""
+        version = self.bundle.version
+        if self._digests.get(inputs.version) != self._digests[version]:
+            raise ServingError(
+                f"Triton at {self.url}: model {self.model!r}: these arrays hold ids of version {inputs.version}'s "
+                f"feature transform; the client now asks for version {version}, which has another: make them again"
+            )
+        dense, sparse, step = inputs.dense, inputs.sparse, self.max_batch_size
+        parts = [self._infer(dense[i : i + step], sparse[i : i + step], version) for i in range(0, len(dense), step)]
         return np.concatenate(parts)
 
-    def _infer(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
-        version = self.bundle.version
+    def _infer(self, dense: np.ndarray, sparse: np.ndarray, version: int) -> np.ndarray:
         try:
             result = self._client.infer(
                 self.model,
@@ -268,11 +291,14 @@ class CTRClient:
                 client_timeout=self.timeout_s,
             )
         except InferenceServerException as error:
-            if not self._ready(version):
-                raise RetiredVersionError(
-                    f"Triton at {self.url}: model {self.model!r} no longer serves version {version}"
-                ) from None
-            raise ServingError(f"Triton at {self.url}, model {self.model!r}: {error.message()}") from None
+            failure = ServingError(f"Triton at {self.url}, model {self.model!r}: {error.message()}")
+            try:
+                retired = not self._ready(version)
+            except ServingError:
+                raise failure from None  # the server is gone too: the request's own error says more
+            if retired:
+                failure = VersionNotReadyError(f"Triton at {self.url}: model {self.model!r} retired version {version}")
+            raise failure from None
         probability = result.as_numpy(OUTPUT)
         if probability is None or probability.shape != (len(dense), 1):
             shape = None if probability is None else probability.shape

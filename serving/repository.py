@@ -32,6 +32,7 @@ CONFIG_FILE = "config.pbtxt"
 BUNDLE_FILES = ("transform.json", "schema.yaml", "export.json")  # beside model.onnx in each version
 PYTHON_MODEL = Path(__file__).with_name("triton_model.py")
 TRANSFORM_PARAMETER = "nasrec_feature_transform_sha256"  # one a version: see transform_parameter
+LAST_VERSION_PARAMETER = "nasrec_last_version"  # the newest version ever written: numbers are not reused
 THREADS_PARAMETER = "onnx_intra_op_threads"
 PARALLEL_PARAMETER = "onnx_parallel_runs"
 
@@ -77,6 +78,15 @@ def transform_parameter(version: int) -> str:
     return f"{TRANSFORM_PARAMETER}_v{version}"
 
 
+def version_transform(config: mc.ModelConfig, version: int) -> str:
+    """The feature transform digest that `config` records for `version` ('' for none). A config written before
+    versions could differ in transform records one digest for all of them."""
+    for key in (transform_parameter(version), TRANSFORM_PARAMETER):
+        if key in config.parameters:
+            return config.parameters[key].string_value
+    return ""
+
+
 def model_config(
     name: str, num_dense: int, num_sparse: int, transforms: dict[int, str], config: ServingConfig
 ) -> mc.ModelConfig:
@@ -110,6 +120,7 @@ def model_config(
         )
     for version, digest in transforms.items():
         model.parameters[transform_parameter(version)].string_value = digest
+    model.parameters[LAST_VERSION_PARAMETER].string_value = str(max(transforms))
     for key, value in config.extra_parameters.items():
         model.parameters[key].string_value = value
     return model
@@ -141,25 +152,30 @@ def add_version(
 ) -> Path:
     """Add the export in `export_dir` as a version of model `name` (the next one by default); returns its folder.
 
-    The version directory is assembled beside the repository and renamed into place, so a Triton server
-    polling the repository never sees half of it. A version that exists is refused, not overwritten.
+    The config, naming the new version's transform, is written first; the version directory is assembled
+    beside the repository and then renamed into place, so a Triton server never sees half of it. A version
+    number is used once: an existing version is refused, not overwritten, and one taken out is not reused.
     """
     export_dir, repository = Path(export_dir), Path(repository)
     record = _read_export(export_dir)
     model_dir = repository / name
+    config_path = model_dir / CONFIG_FILE
+    current = read_config(config_path) if config_path.exists() else None
     existing = versions(model_dir)
-    version = version if version is not None else (existing[-1] + 1 if existing else 1)
-    if version < 1:
-        raise ValueError(f"version: must be >= 1, got {version}")
+    last = max(existing, default=0)
+    if current is not None and LAST_VERSION_PARAMETER in current.parameters:
+        last = max(last, int(current.parameters[LAST_VERSION_PARAMETER].string_value))
+    version = version if version is not None else last + 1
     if version in existing:
         raise FileExistsError(f"{model_dir / str(version)}: version {version} exists; versions are immutable")
+    if version <= last or version < 1:
+        raise ValueError(f"version: must be above {last}, the newest written to {model_dir}; got {version}")
     schema = json.loads(record["metadata"]["input_schema"])
-    transforms = {v: _read_export(model_dir / str(v))["metadata"]["feature_transform_sha256"] for v in existing}
+    transforms = {v: _recorded_transform(model_dir, v, current) for v in existing}
     transforms[version] = record["metadata"]["feature_transform_sha256"]
     new_config = model_config(name, schema["num_dense"], len(schema["cardinalities"]), transforms, config)
-    config_path = model_dir / CONFIG_FILE
-    if config_path.exists():
-        _check_same_interface(read_config(config_path), new_config, config_path)
+    if current is not None:
+        _check_same_interface(current, new_config, config_path)
     repository.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{repository.name}.staging-", dir=repository.parent))
     staging = scratch / str(version)
@@ -171,8 +187,8 @@ def add_version(
         if config.variant == "local":
             shutil.copy2(PYTHON_MODEL, staging / "model.py")
         model_dir.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, model_dir / str(version))  # then the config: it never describes a missing version
-        write_config(config_path, new_config)
+        write_config(config_path, new_config)  # first: a server loading the version finds its transform there
+        os.replace(staging, model_dir / str(version))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return model_dir / str(version)
@@ -187,6 +203,12 @@ def remove_version(model_dir: Path, version: int) -> None:
         config = read_config(config_path)
         config.parameters.pop(transform_parameter(version), None)
         write_config(config_path, config)
+
+
+def _recorded_transform(model_dir: Path, version: int, config: mc.ModelConfig | None) -> str:
+    """A written version's transform digest: from the config, or else from its export record."""
+    recorded = version_transform(config, version) if config is not None else ""
+    return recorded or _read_export(model_dir / str(version))["metadata"]["feature_transform_sha256"]
 
 
 def _read_export(export_dir: Path) -> dict:

@@ -96,9 +96,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def training_device(gpus: int) -> torch.device:
     """The device of a pipeline step that was given `gpus` GPUs: the CPU for 0 (even where a GPU is present, so
-    that `gpus: 0` means what it says on a GPU workstation too), else the first CUDA device, which must exist."""
-    if gpus < 0:
-        raise ValueError(f"gpus: must be >= 0, got {gpus}")
+    that `gpus: 0` means what it says on a GPU workstation too), else the CUDA device, which must exist."""
+    check_gpus(gpus)
     if gpus == 0:
         return torch.device("cpu")
     if not torch.cuda.is_available():
@@ -107,6 +106,11 @@ def training_device(gpus: int) -> torch.device:
             f"nvidia.com/gpu and the image the cuda one? Locally, run with gpus 0"
         )
     return torch.device("cuda")
+
+
+def check_gpus(gpus: int) -> None:
+    if gpus not in (0, 1) or isinstance(gpus, bool):
+        raise ValueError(f"gpus: 0 (the CPU) or 1 (a training step runs on one GPU), got {gpus!r}")
 
 
 def steps_for(data: IngestedData, batch_size: int, epochs: float) -> int:

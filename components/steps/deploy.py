@@ -79,10 +79,12 @@ def deploy(export_dir: Path, repository: Path, run: DeployRun, data_dir: Path | 
         if run.check_rows:
             record["check"] = check_version(folder, Path(repository), run, data_dir)
     except BaseException:
-        remove_version(folder.parent, int(folder.name))
-        if run.url:
-            with contextlib.suppress(ServingError):
-                load_model(run.url, run.model_name)  # back to the version served before
+        try:
+            remove_version(folder.parent, int(folder.name))
+        finally:
+            if run.url:
+                with contextlib.suppress(ServingError):
+                    load_model(run.url, run.model_name)  # back to the version served before
         print(f"took {folder} out again: the version served before stays the latest", file=sys.stderr)
         raise
     if run.check_rows:

@@ -10,7 +10,7 @@ import yaml
 
 from components.images import CPU_IMAGE, CUDA_IMAGE
 from pipelines import COMPILED_PIPELINE
-from pipelines.local import STEPS, PipelineStepError, Preset, local_gpus, run_local, serve_held_out, step_times
+from pipelines.local import STEPS, PipelineStepError, Preset, run_local, serve_held_out, step_times
 from pipelines.pipeline import compile_pipeline
 from serving.export import read_metadata
 from serving.repository import versions
@@ -72,8 +72,7 @@ def test_a_local_run_writes_every_artifact_deploys_and_answers_over_grpc(tiny_ru
     assert float(read_metadata(model / "1" / "model.onnx")["test_auc"]) == evaluation["test"]["auc"]
     assert all(took.endswith(" s") for took in step_times(run, STEPS).values())
     assert len(run.parameters["data_digest"]) == 16  # the log's files are part of ingest's cache key
-    assert run.parameters["gpus"] == local_gpus()  # unless told: the GPU when present
-    trained_on = "cuda" if run.parameters["gpus"] else "cpu"
+    trained_on = "cuda" if run.parameters["gpus"] else "cpu"  # unless told, run-local uses the GPU when present
     for step in ("train-supernet", "search", "finetune"):
         assert json.loads((outputs / step / "metrics").read_text())["device"] == trained_on, step
 
@@ -105,6 +104,8 @@ def test_a_rerun_reuses_the_pure_steps_and_the_gate_can_refuse(tiny_run, tmp_pat
     code_changed = run_local(tiny_run.parameters | {"min_auc": 1.0, "code_digest": "0" * 16}, tiny_run.out)
     assert code_changed.artifact("data") != tiny_run.artifact("data")  # another code digest: every step reruns
 
+    with pytest.raises(ValueError, match=r"gpus: 0 \(the CPU\) or 1 \(a training step runs on one GPU\), got 2"):
+        run_local(tiny_run.parameters | {"gpus": 2}, tmp_path)  # refused before any step runs
     with pytest.raises(PipelineStepError, match=r"step 'ingest' failed; its log: .*logs/ingest\.log"):
         run_local(tiny_run.parameters | {"schema": "avazu"}, tmp_path)
     assert "ingest failed: IngestError" in (tmp_path / "logs" / "ingest.log").read_text()

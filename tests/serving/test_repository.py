@@ -101,6 +101,9 @@ def test_versions_are_numbered_immutable_and_keep_one_interface(
     remove_version(repository / "ctr", 3)  # a version whose deploy check failed
     assert versions(repository / "ctr") == [1, 2]
     assert transform_parameter(3) not in read_config(repository / "ctr" / CONFIG_FILE).parameters
+    with pytest.raises(ValueError, match=r"version: must be above 3, the newest written to .*ctr; got 3"):
+        add_version(criteo_retrained.exports[0], repository, "ctr", ServingConfig(), version=3)
+    assert add_version(criteo_retrained.exports[0], repository, "ctr", ServingConfig()).name == "4"  # not 3 again
 
 
 def test_an_unservable_config_is_refused_with_the_field_at_fault(tmp_path) -> None:
@@ -130,3 +133,4 @@ def test_a_version_that_fails_its_check_is_taken_out_again(criteo_exported: Expo
     with pytest.raises(Exception, match="INVALID_ARGUMENT : Got invalid dimensions"):
         deploy(criteo_exported.exports[1], repository, DeployRun(model_name="ctr", check_rows=8), avazu.out_dir)
     assert versions(repository / "ctr") == [1]  # the version served before stays the latest
+    assert transform_parameter(2) not in read_config(repository / "ctr" / CONFIG_FILE).parameters

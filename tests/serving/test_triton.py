@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,7 +23,16 @@ from serving.client import CTRClient, ModelBundle, RequestFeatures, load_model, 
 from serving.errors import RowError, ServingError
 from serving.export import CTRProbability
 from serving.interface import DEFAULT_MODEL
-from serving.repository import ServingConfig, add_version
+from serving.repository import (
+    CONFIG_FILE,
+    LAST_VERSION_PARAMETER,
+    TRANSFORM_PARAMETER,
+    ServingConfig,
+    add_version,
+    read_config,
+    transform_parameter,
+    write_config,
+)
 from serving.server import TritonServer
 from tests.conftest import shared
 from tests.serving.conftest import Exported
@@ -60,8 +71,9 @@ def test_criteo_raw_rows_get_the_pytorch_probabilities_over_grpc(criteo_exported
         group, shm_prefix = server.process.pid, server.shm_prefix
         with CTRClient.from_repository(server.url, repository) as client:
             features = client.features(rows)  # the training features of these events, from their raw fields
-            np.testing.assert_array_equal(features[1], sparse)
-            np.testing.assert_allclose(features[0], dense, rtol=1e-6)
+            np.testing.assert_array_equal(features.sparse, sparse)
+            np.testing.assert_allclose(features.dense, dense, rtol=1e-6)
+            assert features.version == 1
             probabilities = client.predict(rows)
             assert probabilities.shape == (len(rows),)
             assert np.abs(probabilities - v1).max() <= 1e-5
@@ -93,12 +105,12 @@ def bad_requests(client: CTRClient, rows: list[dict]) -> None:
         client.predict([{**rows[0], "colour": "red"}])
     with pytest.raises(RowError, match=rf"row 0: field '{field}': expected a number or null, got str"):
         client.predict([{**rows[0], field: "many"}])
-    dense, sparse = client.features(rows[:4])
+    inputs = client.features(rows[:4])
     with pytest.raises(ServingError, match="dense"):  # a request the server itself rejects: wrong width
-        client.predict_arrays(dense[:, :-1], sparse)
-    sparse[2, 5] = 10**9  # an id past its table's end: the model's answer is an error, not a crash
+        client.predict_arrays(replace(inputs, dense=inputs.dense[:, :-1]))
+    inputs.sparse[2, 5] = 10**9  # an id past its table's end: the model's answer is an error, not a crash
     with pytest.raises(ServingError, match="ONNX Runtime"):
-        client.predict_arrays(dense, sparse)
+        client.predict_arrays(inputs)
 
 
 def roll_out(client: CTRClient, rows: list[dict], export: Path, repository: Path, url: str) -> dict:
@@ -113,7 +125,7 @@ def roll_out(client: CTRClient, rows: list[dict], export: Path, repository: Path
             deadline = time.monotonic() + 120
             while not stop.is_set() and time.monotonic() < deadline:
                 try:
-                    got = looping.predict_arrays(*features)
+                    got = looping.predict_arrays(features)
                 except Exception as error:  # every failure is recorded: there must be none
                     answers["failed"].append(repr(error))
                     continue
@@ -130,7 +142,7 @@ def roll_out(client: CTRClient, rows: list[dict], export: Path, repository: Path
     try:
         time.sleep(0.5)
         folder = add_version(export, repository, MODEL, ServingConfig())
-        v2.append(torch_probabilities(export_net(folder), *features))
+        v2.append(torch_probabilities(export_net(folder), features.dense, features.sparse))
         load_model(url, MODEL)
         time.sleep(1.0)  # version 2 answers for a while
     finally:
@@ -156,31 +168,34 @@ def test_a_retrained_version_with_another_transform_rolls_in_and_clients_follow_
     rows = log_rows([shared("criteo")], schema, validation_rows(criteo_exported)[EVENT_ID].tolist()[:200])
     repository = tmp_path / "repository"
     add_version(criteo_exported.exports[0], repository, MODEL, ServingConfig())
-    with TritonServer(repository) as server:
-        following = CTRClient.from_repository(server.url, repository)
-        arrays_client = CTRClient.from_repository(server.url, repository)  # sends arrays made for version 1
-        pinned = CTRClient(server.url, ModelBundle.load(repository, MODEL, 1))  # no repository to follow in
-        v1_arrays = following.features(rows)
+    with TritonServer(repository) as server, contextlib.ExitStack() as clients:
+        following = clients.enter_context(CTRClient.from_repository(server.url, repository))
+        arrays_client = clients.enter_context(CTRClient.from_repository(server.url, repository))
+        pinned = clients.enter_context(CTRClient(server.url, ModelBundle.load(repository, MODEL, 1)))
+        v1_inputs = following.features(rows)
         v1 = following.predict(rows)
-        np.testing.assert_allclose(v1, torch_probabilities(criteo_exported.net(1), *v1_arrays), atol=1e-5)
+        expected = torch_probabilities(criteo_exported.net(1), v1_inputs.dense, v1_inputs.sparse)
+        np.testing.assert_allclose(v1, expected, atol=1e-5)
 
         folder = add_version(criteo_retrained.exports[0], repository, MODEL, ServingConfig())
-        v2_arrays = RequestFeatures(ModelBundle.load(repository, MODEL, 2))(rows)
-        assert not np.array_equal(v2_arrays[1], v1_arrays[1])  # the new transform gives other ids
-        v2 = torch_probabilities(export_net(folder), *v2_arrays)
+        v2_dense, v2_sparse = RequestFeatures(ModelBundle.load(repository, MODEL, 2))(rows)
+        assert not np.array_equal(v2_sparse, v1_inputs.sparse)  # the new transform gives other ids
+        v2 = torch_probabilities(export_net(folder), v2_dense, v2_sparse)
         np.testing.assert_allclose(following.predict(rows), v1, atol=1e-5)  # not loaded yet: version 1 answers
         load_model(server.url, MODEL)  # version 2 takes over; version 1 is retired
         wait_until_retired(server.url, version=1)
 
         np.testing.assert_allclose(following.predict(rows), v2, atol=1e-5)  # rows transformed for version 2
         assert following.bundle.version == 2
-        with pytest.raises(ServingError, match=r"moved from version 1 to 2, which has another feature transform"):
-            arrays_client.predict_arrays(*v1_arrays)
+        stale = "these arrays hold ids of version 1's feature transform; the client now asks for version 2"
+        with pytest.raises(ServingError, match=stale):  # found retired during this very call
+            arrays_client.predict_arrays(v1_inputs)
         assert arrays_client.bundle.version == 2
-        with pytest.raises(ServingError, match=r"no longer serves version 1, and this client has no repository"):
+        with pytest.raises(ServingError, match=stale):  # the client had moved before: refused all the same
+            following.predict_arrays(v1_inputs)
+        np.testing.assert_allclose(following.predict_arrays(following.features(rows)), v2, atol=1e-5)
+        with pytest.raises(ServingError, match=r"version 1 is not ready, and this client has no repository"):
             pinned.predict(rows)
-        for client in (following, arrays_client, pinned):
-            client.close()
 
 
 def wait_until_retired(url: str, version: int, timeout_s: float = 30.0) -> None:
@@ -192,6 +207,16 @@ def wait_until_retired(url: str, version: int, timeout_s: float = 30.0) -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"version {version} still served after {timeout_s} s")
             time.sleep(0.05)
+
+
+def as_written_before_cfe57dd(config_path: Path) -> None:
+    """Rewrite a model config as the repository writer did when all versions shared one transform digest."""
+    config = read_config(config_path)
+    digest = config.parameters[transform_parameter(1)].string_value
+    config.parameters[TRANSFORM_PARAMETER].string_value = digest
+    for key in (transform_parameter(1), LAST_VERSION_PARAMETER):
+        del config.parameters[key]
+    write_config(config_path, config)
 
 
 def test_avazu_rows_get_their_entity_features_from_the_online_store(avazu_exported: Exported, tmp_path) -> None:
@@ -215,16 +240,17 @@ def test_avazu_rows_get_their_entity_features_from_the_online_store(avazu_export
 
     repository = tmp_path / "repository"
     add_version(export, repository, MODEL, ServingConfig())
+    as_written_before_cfe57dd(repository / MODEL / CONFIG_FILE)  # one transform digest for all versions
     with TritonServer(repository) as server:
         group, shm_prefix = server.process.pid, server.shm_prefix
         with CTRClient.from_repository(server.url, repository) as client:
             got = client.features(rows)
-            np.testing.assert_array_equal(got[1], sparse)
+            np.testing.assert_array_equal(got.sparse, sparse)
             assert np.abs(client.predict(rows) - expected).max() <= 1e-5
             with pytest.raises(RowError, match=r"row 0: unknown fields \['device_model'\]"):
                 client.predict([{**rows[0], "device_model": "x"}])  # the online store owns entity features
             unseen = {**rows[0], "device_id": "never-seen-device"}  # no online record: its features are id 0
-            _, unseen_ids = client.features([unseen])
+            unseen_ids = client.features([unseen]).sparse
             device = [schema.categorical_names.index(f) for f in schema.entities[0].features]
             assert (unseen_ids[0, device] == 0).all()
             assert client.predict([unseen]).shape == (1,)
