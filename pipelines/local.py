@@ -176,8 +176,9 @@ def run_local(parameters: dict[str, Any], out: Path, preset: Preset | None = Non
 
     check_parameters(parameters)
     out = Path(out).absolute()
-    defaults = {k: v for k, v in pipeline_parameters().items() if v is not None} | {"gpus": local_gpus()}
-    parameters = defaults | parameters
+    if "gpus" not in parameters:
+        parameters = parameters | {"gpus": local_gpus()}
+    parameters = {k: v for k, v in pipeline_parameters().items() if v is not None} | parameters
     parameters["repository"] = parameters["repository"] or str(out / "triton")
     if not parameters.get("raw_files"):
         log = synthetic_log(out, parameters["schema"], preset or Preset({}), parameters["seed"])
@@ -252,7 +253,7 @@ def summarise(run: LocalRun) -> None:
     import json
 
     evaluation = json.loads(run.artifact("evaluation").read_text())
-    device = f"{run.parameters['gpus']} GPU(s)" if run.parameters["gpus"] else "the CPU"
+    device = "the GPU" if run.parameters["gpus"] else "the CPU"
     print(f"\npipeline finished in {run.seconds:.0f} s, training on {device}; each step:")
     for step, took in step_times(run, STEPS).items():
         print(f"  {step:15s} {took}")

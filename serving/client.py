@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,20 +254,20 @@ class CTRClient:
     def predict(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Click probabilities, one per row (float32). Should the server retire the version asked for, the
         client follows the model to its newest version and asks again, with that version's transform."""
-        try:
-            return self._predict(self.features(rows))
-        except VersionNotReadyError:
-            self._follow()
-            return self._predict(self.features(rows))
+        return self._ask(lambda: self.features(rows))
 
     def predict_arrays(self, inputs: ModelInputs) -> np.ndarray:
         """Probabilities for rows that `features` made. They go to the version the client asks for now, which
         must have the same transform as the version that made them (else ServingError: make them again)."""
+        return self._ask(lambda: inputs)
+
+    def _ask(self, make_inputs: Callable[[], ModelInputs]) -> np.ndarray:
+        """Predict; once more, after following the model, should the server have retired the version."""
         try:
-            return self._predict(inputs)
+            return self._predict(make_inputs())
         except VersionNotReadyError:
             self._follow()
-            return self._predict(inputs)
+            return self._predict(make_inputs())
 
     def _predict(self, inputs: ModelInputs) -> np.ndarray:
         """Sent in requests of at most `max_batch_size` rows, to the version asked for now."""
