@@ -16,7 +16,8 @@ def evaluate(
     evaluation: Output[Metrics],
     report: Output[Markdown],
 ) -> bool:
-    """True when the test AUC reaches `min_auc` and the served model's (in `repository`, if any)."""
+    """True when the test AUC reaches `min_auc` and the served model's on the same test events (in
+    `repository`, if any)."""
     from pathlib import Path
 
     from components.artifacts import log_metrics, step_log

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,13 @@ class Encoding:
     def cardinality(self) -> int:
         return self.buckets if self.buckets else len(self.vocabulary) + 1
 
+    def encode_bytes(self, values: Sequence[bytes]) -> np.ndarray:
+        """A request's values as UTF-8 bytes (b"" for missing) -> the ids `encode` gives their text. Looked up by
+        bytes in a dict, so a served request needs no decoding and no Arrow conversion."""
+        if self.buckets:
+            return self.encode([v.decode("utf-8", "replace") if v else None for v in values])
+        return np.fromiter(map(self._byte_ids.get, values, repeat(0)), dtype=np.int64, count=len(values))
+
     def encode(self, values: Sequence) -> np.ndarray:
         """Values (any dtype; missing as None/NaN) -> int64 ids; 0 for missing or unseen."""
         strings = _as_strings(values)
@@ -59,6 +67,10 @@ class Encoding:
     @property
     def _ids(self) -> dict[str, int]:
         return self._cached("_id_of", lambda: {v: i + 1 for i, v in enumerate(self.vocabulary)})
+
+    @property
+    def _byte_ids(self) -> dict[bytes, int]:
+        return self._cached("_id_of_bytes", lambda: {v.encode(): i + 1 for i, v in enumerate(self.vocabulary)})
 
     def _cached(self, key: str, build):
         if key not in self.__dict__:
@@ -144,17 +156,30 @@ class FeatureTransform:
 
         `columns` is a DataFrame or a plain {name: values} mapping (cheaper for an online request).
         """
+        return self._dense(columns), self._sparse(columns, Encoding.encode)
+
+    def transform_request(self, columns: Mapping[str, Sequence]) -> tuple[np.ndarray, np.ndarray]:
+        """`transform` for a served request: dense columns as float arrays (NaN for missing), categorical ones
+        as UTF-8 bytes (b"" for missing), as Triton hands them over. The same ids and values as `transform`."""
+        return self._dense(columns), self._sparse(columns, Encoding.encode_bytes)
+
+    def _dense(self, columns: Mapping[str, Sequence]) -> np.ndarray:
+        self._check_columns(columns)
+        if not self.dense:  # the model's all-zero placeholder column
+            return np.zeros((len(columns[self.categorical[0].name]), 1), dtype=np.float32)
+        raw = np.stack([_floats(columns[name]) for name in self.dense], axis=1)
+        return np.log1p(np.maximum(raw, 0.0, out=raw), out=raw)  # (B, num_dense)
+
+    def _sparse(self, columns: Mapping[str, Sequence], encode) -> np.ndarray:
+        sparse = np.empty((len(columns[self.categorical[0].name]), len(self.categorical)), dtype=np.int64)
+        for j, encoding in enumerate(self.categorical):
+            sparse[:, j] = encode(encoding, columns[encoding.name])
+        return sparse  # (B, n_categorical)
+
+    def _check_columns(self, columns: Mapping[str, Sequence]) -> None:
         missing = [c for c in (*self.dense, *(e.name for e in self.categorical)) if c not in columns]
         if missing:
             raise ValueError(f"feature transform ({self.schema_name}): input lacks columns {missing}")
-        rows = len(columns[self.categorical[0].name])
-        dense = np.zeros((rows, self.num_dense), dtype=np.float32)
-        for j, name in enumerate(self.dense):
-            dense[:, j] = np.log1p(np.maximum(_floats(columns[name]), 0.0))
-        sparse = np.empty((rows, len(self.categorical)), dtype=np.int64)
-        for j, encoding in enumerate(self.categorical):
-            sparse[:, j] = encoding.encode(columns[encoding.name])
-        return dense, sparse
 
     def to_dict(self) -> dict:
         return {

@@ -165,6 +165,7 @@ def _total(tensors) -> Tensor:
 
 class FieldEmbedding(nn.Module):
     """One table for all categorical features, each in its own rows; sparse gradients. (B, n) -> (B, n, dim).
+    An id outside its feature's vocabulary is read as 0, the missing-or-unseen id.
 
     Initialised Xavier-normal per feature table (NASREC.md section 5), or normal with `init_std` when given.
     """
@@ -173,6 +174,7 @@ class FieldEmbedding(nn.Module):
         super().__init__()
         self.table = nn.Embedding(sum(schema.cardinalities), dim, sparse=True)
         self.register_buffer("offsets", torch.tensor([0, *schema.cardinalities[:-1]]).cumsum(0), persistent=False)
+        self.register_buffer("cardinalities", torch.tensor(schema.cardinalities), persistent=False)
         if self.table.weight.is_meta:  # a shape-only skeleton (see Supernet): nothing to initialise
             return
         if init_std is not None:
@@ -185,7 +187,9 @@ class FieldEmbedding(nn.Module):
                 start += rows
 
     def forward(self, ids: Tensor) -> Tensor:
-        return self.table(ids + self.offsets)
+        # an id outside its feature's table counts as unseen (0): it never reads another feature's rows
+        known = (ids >= 0) & (ids < self.cardinalities)
+        return self.table(torch.where(known, ids, 0) + self.offsets)
 
 
 class Stem(nn.Module):

@@ -11,7 +11,7 @@ from pipelines import COMPILED_PIPELINE
 from pipelines.cluster import DEFAULT_EXPERIMENT, DEFAULT_JOB_NAME
 from pipelines.local import PipelineStepError
 from serving.errors import SERVING_ERRORS
-from serving.interface import DEFAULT_MODEL
+from serving.interface import MODEL_PREFIX
 
 OPTIMIZER_NAMES = ("adagrad", "adam")  # model.training.OPTIMIZERS, named here so --help needs no torch import
 FINETUNE_SPLITS = ("train", "validation")  # components.steps.search.FINETUNE_SPLITS, likewise
@@ -184,8 +184,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from serving.client import CTRClient, read_rows
 
-    with CTRClient.from_repository(args.url, args.repository, args.model, args.feature_repo) as client:
-        probabilities = client.predict(read_rows(args.rows, client.bundle.schema))
+    with CTRClient(args.url, args.model) as client:
+        probabilities = client.predict(read_rows(args.rows, client.dense_fields))
     print("\n".join(f"{p:.6f}" for p in probabilities))
 
 
@@ -353,10 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--repository",
         default="",
-        help="the Triton model repository served now: the gate also needs the served version's test AUC",
+        help="the Triton model repository served now: its latest version is scored on the same test events",
     )
     evaluate.add_argument(
-        "--model-name", default=DEFAULT_MODEL, help=f"the served model's name (default: {DEFAULT_MODEL})"
+        "--model-name", default="", help=f"the served model's name (default: {MODEL_PREFIX}<schema>)"
     )
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -459,15 +459,15 @@ def _serving_commands(sub) -> None:
     deploy.add_argument("--export", type=Path, required=True, help="`nasrec export` output folder")
     deploy.add_argument("--repository", type=Path, required=True, help="Triton model repository")
     deploy.add_argument(
-        "--model", dest="model_name", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})"
+        "--model", dest="model_name", default="", help=f"model name (default: {MODEL_PREFIX}<schema>, e.g. nasrec_criteo)"
     )
     deploy.add_argument("--data", type=Path, help="ingestion folder of the checked rows (default: the export's)")
     deploy.add_argument(
         "--check-rows",
         type=int,
         default=64,
-        help="test rows answered over gRPC after deploying, which must equal ONNX Runtime's; without --url the "
-        "local Triton is started for it (default: 64; 0: no check)",
+        help="test events answered over gRPC, raw and as ids, by the new version before clients can reach it; they "
+        "must equal ONNX Runtime's (on --url, else on a local Triton started for it; default: 64; 0: no check)",
     )
     deploy.add_argument(
         "--variant",
@@ -476,8 +476,9 @@ def _serving_commands(sub) -> None:
         help="local: Python backend running ONNX Runtime (the local tritonserver); production: Triton's "
         "onnxruntime_onnx platform (default: local)",
     )
-    deploy.add_argument("--instance-kind", choices=("cpu", "gpu"), default="cpu", help="(default: cpu)")
-    deploy.add_argument("--instances", type=int, default=1, help="model instances (default: 1)")
+    kept = "default: what the served model has, else"
+    deploy.add_argument("--instance-kind", choices=("cpu", "gpu"), help=f"({kept} cpu)")
+    deploy.add_argument("--instances", type=int, help=f"model instances ({kept} 1)")
     deploy.add_argument(
         "--parallel-runs",
         type=int,
@@ -485,7 +486,7 @@ def _serving_commands(sub) -> None:
         help="local variant: a batch of 256 rows or more runs as this many parts at once, on as many cores "
         "(default: 2)",
     )
-    deploy.add_argument("--max-batch-size", type=int, default=4096, help="(default: 4096)")
+    deploy.add_argument("--max-batch-size", type=int, help=f"({kept} 4096)")
     deploy.add_argument("--max-queue-delay-us", type=int, default=100, help="dynamic batching delay (default: 100)")
     deploy.add_argument("--tensorrt", action="store_true", help="production on GPU: the TensorRT accelerator")
     deploy.add_argument("--url", default="", help="a running server (HOST:PORT, gRPC) to load the new version into")
@@ -500,14 +501,10 @@ def _serving_commands(sub) -> None:
     serve.add_argument("--runtime-env", type=Path, help="the Triton runtime environment (default: .venv-triton)")
     serve.set_defaults(func=cmd_serve)
 
-    predict = sub.add_parser("predict", help="click probabilities for raw rows from a Triton server, one per line")
+    predict = sub.add_parser("predict", help="click probabilities for raw events from a Triton server, one per line")
     predict.add_argument("--url", required=True, help="Triton gRPC address, HOST:PORT")
-    predict.add_argument("--rows", type=Path, required=True, help="raw rows: .jsonl (an object per line) or .csv")
-    predict.add_argument(
-        "--repository", type=Path, required=True, help="the served model repository (the version's transform)"
-    )
-    predict.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})")
-    predict.add_argument("--feature-repo", type=Path, help="Feast repo for entity features (default: the export's)")
+    predict.add_argument("--rows", type=Path, required=True, help="raw events: .jsonl (an object per line) or .csv")
+    predict.add_argument("--model", help="model name (default: the one model of raw events the server has ready)")
     predict.set_defaults(func=cmd_predict)
 
 

@@ -267,26 +267,33 @@ def summarise(run: LocalRun) -> None:
     print(f"  {'step logs':15s} {run.out / 'logs'}")
 
 
+def served_model_name(run: LocalRun) -> str:
+    from features.schema import load_schema
+    from serving.interface import default_model_name
+
+    return run.parameters["model_name"] or default_model_name(load_schema(run.parameters["schema"]).name)
+
+
 def serve_held_out(run: LocalRun, count: int, keep_serving: bool = False) -> None:
-    """Start the local Triton on the run's repository and print its click probabilities for `count` held-out
-    raw rows next to their labels; stop it, or with `keep_serving` serve until SIGTERM or Ctrl-C."""
+    """Start the local Triton on the run's repository and print its click probabilities for `count` held-out raw
+    events (sent as a client in any language would, to the model's raw-event endpoint) next to their labels;
+    stop it, or with `keep_serving` serve until SIGTERM or Ctrl-C."""
     from serving.client import CTRClient
-    from serving.repository import versions
+    from serving.repository import ids_model, versions
     from serving.server import TritonServer, serve_forever
 
-    model = run.parameters["model_name"]
+    model = served_model_name(run)
     if not versions(run.repository / model):
         print(f"no version of {model!r} in {run.repository} to serve")
         return
     rows, labels = held_out_requests(run, count)
-    server = TritonServer(run.repository, models=(model,)).start()
+    server = TritonServer(run.repository, models=(ids_model(model), model)).start()
     try:
-        with CTRClient.from_repository(server.url, run.repository, model) as client:
-            probabilities = client.predict(rows)
-            version = client.bundle.version
-        print(f"\nTriton at {server.url} (gRPC), {model} version {version}, on {len(rows)} held-out raw rows:")
+        with CTRClient(server.url, model) as client:
+            result = client.predict(rows)
+        print(f"\nTriton at {server.url} (gRPC), model {model}, on {len(rows)} held-out raw events:")
         print("  probability  label")
-        for probability, label in zip(probabilities, labels):
+        for probability, label in zip(result, labels):
             print(f"  {probability:11.4f}  {label:5.0f}")
     except BaseException:
         server.stop()

@@ -20,7 +20,6 @@ from components.ingest import ingest
 from components.search import search
 from components.train_supernet import train_supernet
 from pipelines import COMPILED_PIPELINE
-from serving.interface import DEFAULT_MODEL
 
 PIPELINE_NAME = "nasrec"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -58,7 +57,7 @@ def nasrec_pipeline(
     gpus: int = 0,
     min_auc: float = 0.5,
     repository: str = "",
-    model_name: str = DEFAULT_MODEL,
+    model_name: str = "",
     serving_variant: str = "local",
     triton_url: str = "",
 ) -> PipelineOutputs:
@@ -70,9 +69,10 @@ def nasrec_pipeline(
     supernet_steps; population/generations/top_k/max_mflops (0: no limit)/fitness_steps: the search budget;
     finetune_epochs; seed; gpus: 0 for the CPU (even where a GPU is present), 1 for a GPU for each training step.
     min_auc: the gate's floor;
-    repository: the Triton model repository served (its latest version is the gate's other bar, and deploy
-    adds the next one); serving_variant: local or production; triton_url: a running Triton to load the new
-    version into (empty: check it on a local Triton).
+    repository: the Triton model repository served (its latest version, scored on this run's test events, is the
+    gate's other bar, and deploy adds the next one); model_name: the served model (empty: nasrec_<schema>);
+    serving_variant: local or production; triton_url: a running Triton to check and roll the new version into
+    (empty: check it on a local Triton).
     """
     data = ingest(
         raw_files=raw_files, schema=schema, folds=folds, fold=fold, data_digest=data_digest, code_digest=code_digest

@@ -1,13 +1,10 @@
-"""The CTR client: raw feature rows in, click probabilities out, over Triton's gRPC API.
+"""The CTR client: raw event rows in, click probabilities out, over Triton's gRPC API. It needs only the server.
 
-A row is a mapping of the schema's raw column names to raw values, as in the log. The client checks each
-row, fetches entity features from the Feast online store when the schema has entities (the row then
-carries the entity keys, not the entity's features), applies the served model's fitted feature transform
-(the same code as training; unseen categories become id 0), batches the rows and calls Triton.
-
-A client asks for one version of the model: the one whose transform it holds. When the server stops serving it
-(a newer version rolled in), a client made from the repository moves to the newest version the server has ready,
-so a retrained model with another transform can roll in under the same name while clients keep asking.
+A row maps each field the model takes (its inputs, as Triton's model metadata lists them: the schema's event
+fields, entity keys rather than entity features) to its raw value: a number or None for a dense (FP32) field,
+text, an integer or None for a categorical (BYTES) field. The server applies the served version's fitted
+transform and reads entity features from its online store; the client only checks the rows, encodes them
+(NaN and b"" for missing) and sends requests of at most the model's `max_batch_size` rows.
 """
 
 from __future__ import annotations
@@ -15,8 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,171 +20,38 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from features.schema import DatasetSchema
-from features.transform import FeatureTransform
 from serving.errors import RowError, ServingError
-from serving.interface import DEFAULT_MODEL, DENSE_INPUT, OUTPUT, SPARSE_INPUT
-from serving.repository import transform_parameter, version_transform, versions
+from serving.interface import DENSE_INPUT, IDS_SUFFIX, OUTPUT, SPARSE_INPUT
+from serving.repository import CANDIDATE_SUFFIX
 
-
-@dataclass(frozen=True)
-class ModelBundle:
-    """What a client needs of one served version: its transform and schema (from the version directory)."""
-
-    transform: FeatureTransform
-    schema: DatasetSchema
-    feature_repo: Path | None
-    version: int
-
-    @classmethod
-    def load(cls, repository: Path, model: str = DEFAULT_MODEL, version: int | None = None) -> ModelBundle:
-        """The bundle of `version` of `model` in a Triton model repository (default: the latest)."""
-        model_dir = Path(repository) / model
-        available = versions(model_dir)
-        if not available:
-            raise FileNotFoundError(f"{model_dir}: no model versions; write one with `nasrec deploy`")
-        version = available[-1] if version is None else version
-        if version not in available:
-            raise FileNotFoundError(f"{model_dir}: no version {version}; there are {available}")
-        folder = model_dir / str(version)
-        record = json.loads((folder / "export.json").read_text())
-        feature_repo = record.get("feature_repo")
-        return cls(
-            FeatureTransform.load(folder / "transform.json"),
-            DatasetSchema.load(folder / "schema.yaml"),
-            Path(feature_repo) if feature_repo else None,
-            version,
-        )
-
-
-class RowChecker:
-    """Turns request rows into raw columns, naming the row and field of anything malformed."""
-
-    def __init__(self, schema: DatasetSchema):
-        self.fields = schema.event_features  # the entity keys, not the features the online store owns
-        self.dense = frozenset(schema.dense)
-        self._expected = frozenset(self.fields)
-
-    def columns(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, list]:
-        for index, row in enumerate(rows):
-            if not isinstance(row, Mapping):
-                raise RowError(f"row {index}: expected a mapping of field names to values, got {type(row).__name__}")
-            if row.keys() != self._expected:
-                self._report_fields(index, row)
-        columns = {name: [row[name] for row in rows] for name in self.fields}
-        for name, values in columns.items():
-            self._check_types(name, values)
-        return columns
-
-    def _report_fields(self, index: int, row: Mapping[str, Any]) -> None:
-        missing = [f for f in self.fields if f not in row]
-        extra = sorted(str(f) for f in row if f not in self._expected)
-        problems = [f"missing fields {missing}" if missing else "", f"unknown fields {extra}" if extra else ""]
-        raise RowError(f"row {index}: " + "; ".join(p for p in problems if p))
-
-    def _check_types(self, name: str, values: list) -> None:
-        if name in self.dense:
-            allowed, wanted = (int, float, type(None)), "a number or null"
-        else:
-            allowed, wanted = (str, int, type(None)), "a string, an integer or null"
-        for index, value in enumerate(values):
-            if not isinstance(value, allowed) or isinstance(value, bool):
-                raise RowError(f"row {index}: field {name!r}: expected {wanted}, got {type(value).__name__} {value!r}")
-            if name in self.dense and isinstance(value, float) and math.isinf(value):
-                raise RowError(f"row {index}: field {name!r}: {value!r} is not a finite number")
-
-
-class RequestFeatures:
-    """Raw rows -> model-ready arrays: rows checked, entity features read from the online store, transformed."""
-
-    def __init__(self, bundle: ModelBundle, feature_repo: Path | None = None):
-        self.bundle = bundle
-        self.rows = RowChecker(bundle.schema)
-        self.online = None
-        if bundle.schema.entities:
-            from features.ingest import OnlineFeatures  # Feast: only for schemas with entities
-
-            repo = feature_repo or bundle.feature_repo
-            if repo is None or not Path(repo).exists():
-                raise FileNotFoundError(
-                    f"schema {bundle.schema.name!r} has entities: the client needs the Feast feature repo "
-                    f"(got {repo}); pass feature_repo"
-                )
-            self.online = OnlineFeatures(Path(repo), bundle.schema, bundle.transform)
-
-    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-        if not rows:
-            raise RowError("no rows to score")
-        columns = self.rows.columns(rows)
-        if self.online is not None:
-            keys = {e.key: columns[e.key] for e in self.bundle.schema.entities}
-            columns |= self.online.raw_features(keys)
-        return self.bundle.transform.transform(columns)
-
-
-class VersionNotReadyError(ServingError):
-    """The server does not have the version asked for ready: still loading, or retired by a newer one."""
-
-
-@dataclass(frozen=True)
-class ModelInputs:
-    """Model-ready arrays of request rows, and the version whose feature transform made them."""
-
-    dense: np.ndarray  # (B, n_dense) float32
-    sparse: np.ndarray  # (B, n_sparse) int64
-    version: int
+DENSE_TYPE, CATEGORICAL_TYPE = "FP32", "BYTES"
 
 
 class CTRClient:
-    """Click probabilities from a Triton server for raw feature rows.
+    """Click probabilities for raw events from the Triton server at `url`.
 
-    `bundle`: the version to ask for; None (with `repository`): the newest version of `repository` that the
-    server has ready. With `repository`, the client follows the model to its newest ready version when the
-    server retires the one it asks for. `feature_repo`: the Feast repository for entity features, for every
-    version (default: the one each version's export records).
+    `model`: the model taking raw events (e.g. nasrec_criteo); None: the one such model the server has ready.
+    `max_batch_size`: the most rows a request carries (at most the model's).
     """
 
-    def __init__(
-        self,
-        url: str,
-        bundle: ModelBundle | None,
-        model: str = DEFAULT_MODEL,
-        feature_repo: Path | None = None,
-        max_batch_size: int = 4096,
-        timeout_s: float = 30.0,
-        repository: Path | None = None,
-    ):
-        if bundle is None and repository is None:
-            raise ValueError("CTRClient: give the bundle of a version, or the repository to take the newest from")
+    def __init__(self, url: str, model: str | None = None, timeout_s: float = 30.0, max_batch_size: int = 0):
         self.url = url
-        self.model = model
-        self.feature_repo = feature_repo
-        self.repository = Path(repository) if repository is not None else None
-        self.max_batch_size = max_batch_size
         self.timeout_s = timeout_s
-        self._digests: dict[int, str] = {}  # each version used so far: its transform digest
         self._client = grpcclient.InferenceServerClient(url)
         try:
             self._check_live()
-            if bundle is None:
-                self._follow()
-            else:
-                self._use(bundle)
+            self.model = model or self._only_events_model()
+            metadata = self._call(self._client.get_model_metadata, self.model)
+            self.fields = {i.name: i.datatype for i in metadata.inputs}
+            served_batch = self._call(self._client.get_model_config, self.model).config.max_batch_size
+            unknown = {n: kind for n, kind in self.fields.items() if kind not in (DENSE_TYPE, CATEGORICAL_TYPE)}
+            if unknown or not served_batch:
+                raise ServingError(f"Triton at {url}: model {self.model!r} does not take raw events (inputs {unknown})")
         except BaseException:
             self.close()
             raise
-
-    @classmethod
-    def from_repository(
-        cls, url: str, repository: Path, model: str = DEFAULT_MODEL, feature_repo: Path | None = None, **options: Any
-    ) -> CTRClient:
-        """A client for the newest version of `model` in the Triton model repository that the server has ready."""
-        return cls(url, None, model, feature_repo, repository=repository, **options)
-
-    @property
-    def bundle(self) -> ModelBundle:
-        """The version the client asks for now."""
-        return self._current[0]
+        self.max_batch_size = min(max_batch_size or served_batch, served_batch)
+        self.dense_fields = frozenset(n for n, kind in self.fields.items() if kind == DENSE_TYPE)
 
     def _check_live(self) -> None:
         try:
@@ -198,111 +61,59 @@ class CTRClient:
         if not live:
             raise ServingError(f"Triton at {self.url} is not live")
 
-    def _ready(self, version: int) -> bool:
-        return self._call(self._client.is_model_ready, self.model, str(version))
-
-    def _use(self, bundle: ModelBundle) -> None:
-        """Ask for `bundle`'s version from now on: the server must have it ready, trained with its transform."""
-        where = f"Triton at {self.url}: model {self.model!r} version {bundle.version}"
-        if not self._ready(bundle.version):
-            raise VersionNotReadyError(f"{where} is not ready (loaded? still loading? retired by a newer version?)")
-        config = self._call(self._client.get_model_config, self.model, str(bundle.version)).config
-        served = version_transform(config, bundle.version)
-        if not served:
-            raise ServingError(
-                f"{where}: its config does not say which feature transform it was trained with (parameter "
-                f"{transform_parameter(bundle.version)}); write its repository with `nasrec deploy`"
-            )
-        if served != bundle.transform.sha256():
-            raise ServingError(
-                f"{where} was trained with feature transform {served[:12]}, the client's bundle holds "
-                f"{bundle.transform.sha256()[:12]}: is the server serving another repository?"
-            )
-        self.max_batch_size = min(self.max_batch_size, config.max_batch_size or self.max_batch_size)
-        self._digests[bundle.version] = served
-        self._current = (bundle, RequestFeatures(bundle, self.feature_repo))  # one assignment: seen whole
-
-    def _follow(self) -> None:
-        """Ask for the newest version of the repository that the server has ready from now on."""
-        if self.repository is None:
-            raise VersionNotReadyError(
-                f"Triton at {self.url}: model {self.model!r} version {self.bundle.version} is not ready, and this "
-                f"client has no repository to find another version in (make it with from_repository)"
-            )
-        model_dir = self.repository / self.model
-        for version in reversed(versions(model_dir)):
-            try:
-                self._use(ModelBundle.load(self.repository, self.model, version))
-                return
-            except VersionNotReadyError:
-                continue  # loading, or retired since: an older one may still serve
-        raise VersionNotReadyError(
-            f"Triton at {self.url}: no version of model {self.model!r} in {model_dir} is ready (loaded? loading?)"
+    def _only_events_model(self) -> str:
+        index = self._call(self._client.get_model_repository_index).models
+        ready = sorted(
+            m.name
+            for m in index
+            if m.state == "READY" and not m.name.endswith((IDS_SUFFIX, CANDIDATE_SUFFIX + IDS_SUFFIX, CANDIDATE_SUFFIX))
         )
+        if len(ready) != 1:
+            raise ServingError(f"Triton at {self.url} serves {ready or 'no'} models of raw events: name one (model=)")
+        return ready[0]
 
     def _call(self, method, *args: Any, **kwargs: Any):
         try:
             return method(*args, client_timeout=self.timeout_s, **kwargs)
         except InferenceServerException as error:
-            raise ServingError(f"Triton at {self.url}, model {self.model!r}: {error.message()}") from None
+            raise ServingError(f"Triton at {self.url}, model {getattr(self, 'model', '?')!r}: {error.message()}") from None
 
-    def features(self, rows: Sequence[Mapping[str, Any]]) -> ModelInputs:
-        """The rows checked and transformed for the version the client asks for now."""
-        bundle, request_features = self._current
-        return ModelInputs(*request_features(rows), bundle.version)
+    def inputs(self, rows: Sequence[Mapping[str, Any]]) -> list[grpcclient.InferInput]:
+        """The gRPC inputs of one request for these rows (checked: a bad row or field is named)."""
+        if not rows:
+            raise RowError("no rows to score")
+        for index, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise RowError(f"row {index}: expected a mapping of field names to values, got {type(row).__name__}")
+            if row.keys() != self.fields.keys():
+                missing = [f for f in self.fields if f not in row]
+                extra = sorted(str(f) for f in row if f not in self.fields)
+                problems = [f"missing fields {missing}" if missing else "", f"unknown fields {extra}" if extra else ""]
+                raise RowError(f"row {index}: " + "; ".join(p for p in problems if p))
+        return [self._input(name, [row[name] for row in rows]) for name in self.fields]
+
+    def _input(self, name: str, values: list) -> grpcclient.InferInput:
+        if name in self.dense_fields:
+            array = np.array([_dense_value(name, i, v) for i, v in enumerate(values)], dtype=np.float32)
+        else:
+            array = np.array([_category_bytes(name, i, v) for i, v in enumerate(values)] + [None], dtype=object)[:-1]
+        tensor = grpcclient.InferInput(name, [len(values), 1], self.fields[name])
+        tensor.set_data_from_numpy(array.reshape(-1, 1))
+        return tensor
 
     def predict(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Click probabilities, one per row (float32). Should the server retire the version asked for, the
-        client follows the model to its newest version and asks again, with that version's transform."""
-        return self._ask(lambda: self.features(rows))
+        """Click probabilities, one per row (float32), in requests of at most `max_batch_size` rows."""
+        step = self.max_batch_size
+        return np.concatenate([self._infer(rows[i : i + step]) for i in range(0, max(len(rows), 1), step)])
 
-    def predict_arrays(self, inputs: ModelInputs) -> np.ndarray:
-        """Probabilities for rows that `features` made. They go to the version the client asks for now, which
-        must have the same transform as the version that made them (else ServingError: make them again)."""
-        return self._ask(lambda: inputs)
-
-    def _ask(self, make_inputs: Callable[[], ModelInputs]) -> np.ndarray:
-        """Predict; once more, after following the model, should the server have retired the version."""
-        try:
-            return self._predict(make_inputs())
-        except VersionNotReadyError:
-            self._follow()
-            return self._predict(make_inputs())
-
-    def _predict(self, inputs: ModelInputs) -> np.ndarray:
-        """Sent in requests of at most `max_batch_size` rows, to the version asked for now."""
-        version = self.bundle.version
-        if self._digests.get(inputs.version) != self._digests[version]:
-            raise ServingError(
-                f"Triton at {self.url}: model {self.model!r}: these arrays hold ids of version {inputs.version}'s "
-                f"feature transform; the client now asks for version {version}, which has another: make them again"
-            )
-        dense, sparse, step = inputs.dense, inputs.sparse, self.max_batch_size
-        parts = [self._infer(dense[i : i + step], sparse[i : i + step], version) for i in range(0, len(dense), step)]
-        return np.concatenate(parts)
-
-    def _infer(self, dense: np.ndarray, sparse: np.ndarray, version: int) -> np.ndarray:
-        try:
-            result = self._client.infer(
-                self.model,
-                infer_inputs(dense, sparse),
-                model_version=str(version),
-                outputs=[grpcclient.InferRequestedOutput(OUTPUT)],
-                client_timeout=self.timeout_s,
-            )
-        except InferenceServerException as error:
-            failure = ServingError(f"Triton at {self.url}, model {self.model!r}: {error.message()}")
-            try:
-                retired = not self._ready(version)
-            except ServingError:
-                raise failure from None  # the server is gone too: the request's own error says more
-            if retired:
-                failure = VersionNotReadyError(f"Triton at {self.url}: model {self.model!r} retired version {version}")
-            raise failure from None
+    def _infer(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        result = self._call(
+            self._client.infer, self.model, self.inputs(rows), outputs=[grpcclient.InferRequestedOutput(OUTPUT)]
+        )
         probability = result.as_numpy(OUTPUT)
-        if probability is None or probability.shape != (len(dense), 1):
+        if probability is None or probability.shape != (len(rows), 1):
             shape = None if probability is None else probability.shape
-            raise ServingError(f"Triton at {self.url}: expected {len(dense)} probabilities, got shape {shape}")
+            raise ServingError(f"Triton at {self.url}: expected {len(rows)} probabilities, got shape {shape}")
         return probability[:, 0]
 
     def close(self) -> None:
@@ -317,8 +128,30 @@ class CTRClient:
         self.close()
 
 
+def _dense_value(name: str, row: int, value: Any) -> float:
+    if value is None:
+        return math.nan
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise RowError(f"row {row}: field {name!r}: expected a number or null, got {type(value).__name__} {value!r}")
+    if math.isinf(value) or math.isnan(value):
+        raise RowError(f"row {row}: field {name!r}: {value!r} is not a finite number (null for a missing value)")
+    return value
+
+
+def _category_bytes(name: str, row: int, value: Any) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value).encode()
+    raise RowError(
+        f"row {row}: field {name!r}: expected a string, an integer or null, got {type(value).__name__} {value!r}"
+    )
+
+
 def infer_inputs(dense: np.ndarray, sparse: np.ndarray) -> list[grpcclient.InferInput]:
-    """The gRPC inputs of one request for model-ready arrays."""
+    """The gRPC inputs of one request to a model's ids endpoint (`<model>_ids`) for model-ready arrays."""
     inputs = [
         grpcclient.InferInput(DENSE_INPUT, list(dense.shape), "FP32"),
         grpcclient.InferInput(SPARSE_INPUT, list(sparse.shape), "INT64"),
@@ -328,25 +161,36 @@ def infer_inputs(dense: np.ndarray, sparse: np.ndarray) -> list[grpcclient.Infer
     return inputs
 
 
-def load_model(url: str, model: str, timeout_s: float = 120.0) -> None:
-    """Ask a server in explicit model control to (re)load `model`: its newest version takes over once ready."""
+def load_models(url: str, models: Sequence[str], timeout_s: float = 120.0) -> None:
+    """Ask a server in explicit model control to (re)load `models`, in order: a model's newest versions take over
+    once ready."""
     with grpcclient.InferenceServerClient(url) as client:
-        try:
-            client.load_model(model, client_timeout=timeout_s)
-        except InferenceServerException as error:
-            raise ServingError(f"Triton at {url}: loading {model!r} failed: {error.message()}") from None
+        for model in models:
+            try:
+                client.load_model(model, client_timeout=timeout_s)
+            except InferenceServerException as error:
+                raise ServingError(f"Triton at {url}: loading {model!r} failed: {error.message()}") from None
 
 
-def read_rows(path: Path, schema: DatasetSchema) -> list[dict[str, Any]]:
+def unload_models(url: str, models: Sequence[str], timeout_s: float = 120.0) -> None:
+    with grpcclient.InferenceServerClient(url) as client:
+        for model in models:
+            try:
+                client.unload_model(model, client_timeout=timeout_s)
+            except InferenceServerException as error:
+                raise ServingError(f"Triton at {url}: unloading {model!r} failed: {error.message()}") from None
+
+
+def read_rows(path: Path, dense_fields: Collection[str]) -> list[dict[str, Any]]:
     """Raw rows from a .jsonl file (an object per line) or a .csv file with a header.
 
-    CSV values are text: dense fields are parsed as numbers and empty cells become null, as the raw
+    CSV values are text: `dense_fields` are parsed as numbers and empty cells become null, as the raw
     readers do; errors name the line.
     """
     path = Path(path)
     if path.suffix == ".csv":
         with path.open(newline="") as f:
-            return [_typed(row, schema, f"{path}:{line}") for line, row in enumerate(csv.DictReader(f), start=2)]
+            return [_typed(row, dense_fields, f"{path}:{line}") for line, row in enumerate(csv.DictReader(f), start=2)]
     rows = []
     with path.open() as f:
         for line, text in enumerate(f, start=1):
@@ -359,22 +203,22 @@ def read_rows(path: Path, schema: DatasetSchema) -> list[dict[str, Any]]:
     return rows
 
 
-def log_rows(raw_paths: Sequence[Path], schema: DatasetSchema, event_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """Logged events as a client sends them: the request's fields of each, numbers for dense fields, text for
-    categories, None where the log is empty (event ids count data rows across the files, as ingestion does)."""
+def log_rows(raw_paths: Sequence[Path], schema, event_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Logged events as a client sends them: the schema's event fields of each (entity keys, not entity
+    features), numbers for dense fields, text for categories, None where the log is empty (event ids count data
+    rows across the files, as ingestion does)."""
     from features.readers import raw_records  # pyarrow: only for this
 
     records = raw_records(list(raw_paths), schema, list(event_ids))
-    fields = RowChecker(schema).fields
-    return [_typed({f: records[i].get(f) for f in fields}, schema, f"event {i}") for i in event_ids]
+    return [_typed({f: records[i].get(f) for f in schema.event_features}, schema.dense, f"event {i}") for i in event_ids]
 
 
-def _typed(row: dict[str, str | None], schema: DatasetSchema, where: str) -> dict[str, Any]:
+def _typed(row: dict[str, str | None], dense_fields: Collection[str], where: str) -> dict[str, Any]:
     typed: dict[str, Any] = {}
     for name, text in row.items():
         if text is None or text == "":
             typed[name] = None
-        elif name in schema.dense:
+        elif name in dense_fields:
             try:
                 typed[name] = float(text)
             except ValueError:

@@ -29,6 +29,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from serving.errors import TritonError
+from serving.interface import IDS_SUFFIX
+from serving.repository import CANDIDATE_SUFFIX
 
 RUNTIME_ENV_VARIABLE = "NASREC_TRITON_ENV"
 RUNTIME_DIR_NAME = ".venv-triton"
@@ -112,6 +114,7 @@ class TritonRuntime:
         libraries = [str(self.site_packages / "nvidia_pytriton.libs"), libdir, env.get("LD_LIBRARY_PATH", "")]
         env["LD_LIBRARY_PATH"] = ":".join(p for p in libraries if p)
         env["PATH"] = f"{self.prefix / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
+        env["PYTHONDONTWRITEBYTECODE"] = "1"  # the stubs leave the model repository as deploy wrote it
         for variable in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):  # this process's, not the runtime's
             env.pop(variable, None)
         return env
@@ -255,7 +258,10 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
 
 
 def _model_names(repository: Path) -> tuple[str, ...]:
-    return tuple(sorted(p.parent.name for p in repository.glob("*/config.pbtxt")))
+    """Every model of the repository but a deploy's candidates, ids models first (events models may call them)."""
+    names = [p.parent.name for p in repository.glob("*/config.pbtxt")]
+    served = [n for n in names if CANDIDATE_SUFFIX not in n]
+    return tuple(sorted(served, key=lambda n: (not n.endswith(IDS_SUFFIX), n)))
 
 
 def serve_forever(server: TritonServer) -> int:

@@ -1,13 +1,26 @@
-"""Triton Python-backend model: ONNX Runtime on the version's model.onnx (the local serving variant).
+"""Triton Python-backend model: a CTR model's two endpoints, copied into each version directory as model.py.
 
-Copied into each version directory as model.py by `serving.repository`; it runs inside Triton's Python
-backend stub, in the serving runtime environment (numpy < 2, onnxruntime), and imports nothing of this
-project. The requests Triton's dynamic batcher hands over are concatenated into one ONNX Runtime call; a
-large batch is cut into parts run at once on a thread pool (ONNX Runtime releases the GIL), because on
-this graph of many small operators that uses a second core far better than intra-op threads do.
+It runs inside Triton's Python backend stub, in the serving runtime environment (numpy < 2, onnxruntime,
+pandas, pyarrow), and imports nothing of this project but the `features` modules copied beside it.
+
+- `ids` (parameter `nasrec_inputs: ids`): model-ready `dense` and `sparse` arrays in, ONNX Runtime on the
+  version's model.onnx (the local variant's ids endpoint; in production Triton's ONNX Runtime backend serves it).
+- `events`: the schema's raw event fields in, one input per field (dense FP32 with NaN for missing,
+  categorical BYTES with b"" for missing). The version's own fitted transform (`transform.json`, applied by the
+  project's `features.transform` copied beside it) makes model inputs, and the version's own network scores
+  them: ONNX Runtime on the model.onnx beside it, or, when the config names `nasrec_ids_model` (production),
+  that model's version of the same number through BLS. So version N's transform always runs with version N's
+  network.
+
+Each request of a dynamic batch is checked on its own: a bad one gets its own error response and the others
+are answered. The requests that pass are scored together in one call; a large batch is cut into parts run at
+once on a thread pool (ONNX Runtime releases the GIL), because on this graph of many small operators that
+uses a second core far better than intra-op threads do.
 """
 
 import json
+import struct
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,49 +30,170 @@ import triton_python_backend_utils as pb_utils
 
 DENSE, SPARSE, OUTPUT = "dense", "sparse", "probability"
 MIN_PART_ROWS = 128  # smaller parts cost more per row than they save
+_LENGTH = struct.Struct("<I")
+
+
+class RequestError(ValueError):
+    """This request is malformed; the message names the field and what is allowed."""
+
+
+def parse_bytes_tensor(buffer: bytes) -> np.ndarray:
+    """Triton's serialised BYTES tensor (each element: a 4-byte little-endian length, then its bytes) as an
+    object array. Equal to `pb_utils.deserialize_bytes_tensor`, several times faster: a column whose values all
+    have one length (most categorical fields, hashed ids) is read as one fixed-width numpy view."""
+    buffer = bytes(buffer)
+    if len(buffer) >= 4:
+        (width,) = _LENGTH.unpack_from(buffer, 0)
+        if width and len(buffer) % (4 + width) == 0:
+            records = np.frombuffer(buffer, dtype=np.uint8).reshape(-1, 4 + width)
+            lengths = records[:, :4].copy().view("<u4")
+            # numpy's fixed-width bytes drop trailing NULs: such values take the general path
+            if (lengths == width).all() and records[:, -1].all():
+                return records[:, 4:].copy().view(f"S{width}")[:, 0].astype(object)
+    values, offset, end = [], 0, len(buffer)
+    while offset < end:
+        (length,) = _LENGTH.unpack_from(buffer, offset)
+        offset += 4
+        values.append(buffer[offset : offset + length])
+        offset += length
+    return np.array(values + [None], dtype=object)[:-1]  # the None keeps numpy from making a 2-D bytes array
+
+
+class OnnxModel:
+    """ONNX Runtime on one model.onnx, a large batch run as parts at once."""
+
+    def __init__(self, path: Path, threads: int, parts: int):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.parts = parts
+        self.pool = ThreadPoolExecutor(parts) if parts > 1 else None
+
+    def __call__(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+        parts = min(self.parts, len(dense) // MIN_PART_ROWS)
+        if parts < 2:
+            return self._run(dense, sparse)
+        results = self.pool.map(self._run, np.array_split(dense, parts), np.array_split(sparse, parts))
+        return np.concatenate(list(results))
+
+    def _run(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT], {DENSE: dense, SPARSE: sparse})[0]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+class IdsModel:
+    """The network called through Triton (BLS): the ids model's version of this version's number."""
+
+    def __init__(self, name: str, version: int):
+        self.name, self.version = name, version
+
+    def __call__(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+        request = pb_utils.InferenceRequest(
+            model_name=self.name,
+            model_version=self.version,
+            requested_output_names=[OUTPUT],
+            inputs=[pb_utils.Tensor(DENSE, dense), pb_utils.Tensor(SPARSE, sparse)],
+        )
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError(f"{self.name} version {self.version}: {response.error().message()}")
+        return pb_utils.get_output_tensor_by_name(response, OUTPUT).as_numpy()
+
+    def close(self) -> None:
+        pass
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        parameters = json.loads(args["model_config"]).get("parameters", {})
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(parameters.get("onnx_intra_op_threads", {}).get("string_value", "1"))
-        options.inter_op_num_threads = 1
-        path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.parts = int(parameters.get("onnx_parallel_runs", {}).get("string_value", "1"))
-        self.pool = ThreadPoolExecutor(self.parts) if self.parts > 1 else None
+        config = json.loads(args["model_config"])
+        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        folder = Path(args["model_repository"]) / args["model_version"]
+        self.events = parameters.get("nasrec_inputs") == "events"
+        if "nasrec_ids_model" in parameters:
+            self.network = IdsModel(parameters["nasrec_ids_model"], int(args["model_version"]))
+        else:
+            threads = int(parameters.get("onnx_intra_op_threads", "1"))
+            self.network = OnnxModel(folder / "model.onnx", threads, int(parameters.get("onnx_parallel_runs", "1")))
+        if self.events:
+            sys.path.insert(0, str(folder))  # the `features` modules copied beside this file
+            from features.transform import FeatureTransform
+
+            self.transform = FeatureTransform.load(folder / "transform.json")
+            self.inputs = {i["name"]: i["data_type"] for i in config["input"]}
+            self.dense_fields = [name for name, kind in self.inputs.items() if kind == "TYPE_FP32"]
+            pb_utils.deserialize_bytes_tensor = parse_bytes_tensor  # what the stub calls for BYTES inputs
 
     def execute(self, requests: list) -> list:
-        dense = [pb_utils.get_input_tensor_by_name(r, DENSE).as_numpy() for r in requests]
-        sparse = [pb_utils.get_input_tensor_by_name(r, SPARSE).as_numpy() for r in requests]
+        batches, errors = [], {}
+        for index, request in enumerate(requests):
+            try:
+                batches.append((index, self._columns(request) if self.events else self._arrays(request)))
+            except RequestError as error:
+                errors[index] = str(error)
+        responses = dict(self._score(batches)) if batches else {}
+        responses |= {index: _error(message) for index, message in errors.items()}
+        return [responses[index] for index in range(len(requests))]
+
+    def _arrays(self, request) -> tuple[np.ndarray, np.ndarray]:
+        dense = pb_utils.get_input_tensor_by_name(request, DENSE).as_numpy()
+        sparse = pb_utils.get_input_tensor_by_name(request, SPARSE).as_numpy()
+        if len(dense) == 0:
+            raise RequestError("empty batch: a request needs at least one row")
+        if len(dense) != len(sparse):
+            raise RequestError(f"'{DENSE}' has {len(dense)} rows, '{SPARSE}' {len(sparse)}: one row each per event")
+        return dense, sparse
+
+    def _columns(self, request) -> dict[str, np.ndarray]:
+        """A request's raw fields, one flat column each, checked."""
+        columns = {tensor.name(): tensor.as_numpy() for tensor in request.inputs()}
+        rows = {name: len(values) for name, values in columns.items()}
+        if not any(rows.values()):
+            raise RequestError("empty batch: a request needs at least one row")
+        if len(set(rows.values())) > 1:
+            raise RequestError(f"fields differ in rows: {rows}; every field needs one value per event")
+        for name in self.dense_fields:
+            infinite = np.flatnonzero(np.isinf(columns[name]))
+            if infinite.size:
+                raise RequestError(
+                    f"field {name!r}, row {infinite[0]}: {columns[name].flat[infinite[0]]} is not allowed: a "
+                    "finite number, or NaN for a missing value"
+                )
+        return {name: values.reshape(-1) for name, values in columns.items()}
+
+    def _score(self, batches: list) -> list:
+        """Score the checked requests in one call; should that fail, each on its own, so one failure is one
+        request's error."""
         try:
-            probability = self._run(np.concatenate(dense), np.concatenate(sparse))
-        except Exception:  # some request is bad (e.g. an id past a table's end): answer each on its own
-            return [self._respond(d, s) for d, s in zip(dense, sparse)]
-        responses, start = [], 0
-        for part in dense:
-            rows = probability[start : start + len(part)]
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(OUTPUT, rows)]))
-            start += len(part)
-        return responses
+            return self._split(batches, self._probabilities([inputs for _, inputs in batches]))
+        except Exception:
+            if len(batches) == 1:
+                return [(batches[0][0], _error(f"the model failed: {sys.exc_info()[1]}"))]
+        return [pair for batch in batches for pair in self._score([batch])]
 
-    def _run(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
-        parts = min(self.parts, len(dense) // MIN_PART_ROWS)
-        if parts < 2:
-            return self._run_part(dense, sparse)
-        results = self.pool.map(self._run_part, np.array_split(dense, parts), np.array_split(sparse, parts))
-        return np.concatenate(list(results))
+    def _probabilities(self, inputs: list) -> np.ndarray:
+        if self.events:
+            columns = {name: np.concatenate([c[name] for c in inputs]) for name in self.inputs}
+            dense, sparse = self.transform.transform_request(columns)
+        else:
+            dense, sparse = (np.concatenate(arrays) for arrays in zip(*inputs))
+        return self.network(dense, sparse)
 
-    def _run_part(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT], {DENSE: dense, SPARSE: sparse})[0]
-
-    def _respond(self, dense: np.ndarray, sparse: np.ndarray):
-        try:
-            return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(OUTPUT, self._run(dense, sparse))])
-        except Exception as error:
-            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"ONNX Runtime: {error}"))
+    def _split(self, batches: list, probability: np.ndarray) -> list:
+        answers, start = [], 0
+        for index, inputs in batches:
+            rows = len(next(iter(inputs.values()))) if self.events else len(inputs[0])
+            tensor = pb_utils.Tensor(OUTPUT, probability[start : start + rows])
+            answers.append((index, pb_utils.InferenceResponse(output_tensors=[tensor])))
+            start += rows
+        return answers
 
     def finalize(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
+        self.network.close()
+
+
+def _error(message: str):
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))

@@ -66,10 +66,12 @@ def test_a_local_run_writes_every_artifact_deploys_and_answers_over_grpc(tiny_ru
     assert "**deploy**" in (outputs / "evaluate" / "report").read_text()
     assert json.loads((outputs / "export" / "metrics").read_text())["parity"]["max_abs_diff"] <= 1e-5
     check = json.loads((outputs / "deploy" / "metrics").read_text())["check"]
-    assert check["max_abs_diff"] <= 1e-5 and check["served_version"] == 1 and check["rows"] == 64
-    model = run.repository / "nasrec_ctr"
-    assert versions(model) == [1]
-    assert float(read_metadata(model / "1" / "model.onnx")["test_auc"]) == evaluation["test"]["auc"]
+    assert check["rows"] == 64
+    for endpoint in ("events", "ids"):  # raw test events and their ids, both answered as ONNX Runtime does
+        assert check[endpoint]["max_abs_diff"] <= 1e-5 and check[endpoint]["served_version"] == 1
+    assert versions(run.repository / "nasrec_criteo") == versions(run.repository / "nasrec_criteo_ids") == [1]
+    onnx_path = run.repository / "nasrec_criteo_ids" / "1" / "model.onnx"
+    assert float(read_metadata(onnx_path)["test_auc"]) == evaluation["test"]["auc"]
     assert all(took.endswith(" s") for took in step_times(run, STEPS).values())
     assert len(run.parameters["data_digest"]) == 16  # the log's files are part of ingest's cache key
     trained_on = "cuda" if run.parameters["gpus"] else "cpu"  # unless told, run-local uses the GPU when present
@@ -100,7 +102,7 @@ def test_a_rerun_reuses_the_pure_steps_and_the_gate_can_refuse(tiny_run, tmp_pat
     strict = run_local(tiny_run.parameters | {"min_auc": 1.0}, tiny_run.out)
     assert not strict.outputs["deployed"]
     assert "below the threshold 1.0000" in json.loads(strict.artifact("evaluation").read_text())["reason"]
-    assert versions(strict.repository / "nasrec_ctr") == [1]  # nothing exported, nothing deployed
+    assert versions(strict.repository / "nasrec_criteo") == [1]  # nothing exported, nothing deployed
     code_changed = run_local(tiny_run.parameters | {"min_auc": 1.0, "code_digest": "0" * 16}, tiny_run.out)
     assert code_changed.artifact("data") != tiny_run.artifact("data")  # another code digest: every step reruns
 

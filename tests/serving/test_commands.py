@@ -51,8 +51,8 @@ def test_export_deploy_serve_predict_and_stop_on_sigterm(criteo_exported: Export
     main(["export", "--model", str(criteo_exported.models[0]), "--out", str(export), "--rows", "500"])
     assert "matches PyTorch on 500 validation rows" in capsys.readouterr().out
     main(["deploy", "--export", str(export), "--repository", str(repository)])  # checked on a local Triton
-    assert (repository / "nasrec_ctr" / "1" / "model.onnx").exists()
-    assert "checked over gRPC: 64 test rows equal ONNX Runtime's" in capsys.readouterr().out
+    assert (repository / "nasrec_criteo" / "1" / "model.onnx").exists()
+    assert "checked over gRPC: 64 test events, raw and as ids, equal ONNX Runtime's" in capsys.readouterr().out
     assert processes_serving(repository) == []  # the check's server is stopped
 
     port = free_port()
@@ -68,30 +68,23 @@ def test_export_deploy_serve_predict_and_stop_on_sigterm(criteo_exported: Export
         schema = DatasetSchema.load(export / "schema.yaml")
         rows = log_rows([shared("criteo")], schema, list(range(20)))
         url = f"127.0.0.1:{port}"
-        answered = nasrec(
-            "predict",
-            "--url",
-            url,
-            "--rows",
-            str(write_jsonl(tmp_path / "rows.jsonl", rows)),
-            "--repository",
-            str(repository),
-        )
+        answered = nasrec("predict", "--url", url, "--rows", str(write_jsonl(tmp_path / "rows.jsonl", rows)))
         assert answered.returncode == 0, answered.stderr
         printed = np.array([float(line) for line in answered.stdout.split()])
-        with CTRClient.from_repository(url, repository) as client:
+        with CTRClient(url) as client:  # the address alone: the one model of raw events served
+            assert client.model == "nasrec_criteo"
             expected = client.predict(rows)
         assert len(printed) == 20 and np.abs(printed - expected).max() <= 1e-6  # printed to 6 decimals
 
         bad = write_jsonl(tmp_path / "bad.jsonl", [rows[0], {**rows[1], "I1": "lots"}])
-        refused = nasrec("predict", "--url", url, "--rows", str(bad), "--repository", str(repository))
+        refused = nasrec("predict", "--url", url, "--rows", str(bad), "--model", "nasrec_criteo")
         assert refused.returncode != 0 and "row 1: field 'I1': expected a number or null, got str" in refused.stderr
 
         loaded = nasrec(
             "deploy", "--export", str(criteo_exported.exports[1]), "--repository", str(repository), "--url", url
         )
-        assert loaded.returncode == 0 and "loaded nasrec_ctr version 2" in loaded.stdout, loaded.stderr
-        assert "checked over gRPC: 64 test rows" in loaded.stdout
+        assert loaded.returncode == 0 and "loaded nasrec_criteo version 2" in loaded.stdout, loaded.stderr
+        assert "checked over gRPC: 64 test events" in loaded.stdout
         assert processes_serving(repository)
     finally:
         server.send_signal(signal.SIGTERM)
@@ -102,9 +95,7 @@ def test_export_deploy_serve_predict_and_stop_on_sigterm(criteo_exported: Export
         time.sleep(0.1)
     assert processes_serving(repository) == []
 
-    down = nasrec(
-        "predict", "--url", f"127.0.0.1:{port}", "--rows", str(tmp_path / "rows.jsonl"), "--repository", str(repository)
-    )
+    down = nasrec("predict", "--url", f"127.0.0.1:{port}", "--rows", str(tmp_path / "rows.jsonl"))
     assert down.returncode != 0 and f"Triton at 127.0.0.1:{port} is not reachable" in down.stderr
 
 
@@ -122,10 +113,10 @@ def test_rows_files_name_the_line_at_fault(tmp_path) -> None:
     with table.open("w", newline="") as f:
         csv.writer(f).writerows([["price", "site"], ["1.5", "a"], ["", ""], ["cheap", "b"]])
     with pytest.raises(RowError, match=r"rows\.csv:4: field 'price': 'cheap' is not a number"):
-        read_rows(table, schema)
+        read_rows(table, schema.dense)
     table.write_text("price,site\n1.5,a\n,\n")
-    assert read_rows(table, schema) == [{"price": 1.5, "site": "a"}, {"price": None, "site": None}]
+    assert read_rows(table, schema.dense) == [{"price": 1.5, "site": "a"}, {"price": None, "site": None}]
     lines = tmp_path / "rows.jsonl"
     lines.write_text('{"price": 2, "site": "x"}\n\n{"price": 3,\n')
     with pytest.raises(RowError, match=r"rows\.jsonl:3: not a JSON object"):
-        read_rows(lines, schema)
+        read_rows(lines, schema.dense)
