@@ -15,6 +15,7 @@ import yaml
 from feast import Entity, FeatureService, FeatureStore, FeatureView
 from feast.data_source import DataSource
 
+from features.online import entity_view
 from features.readers import EVENT_ID, EVENT_TIMESTAMP
 from features.schema import DatasetSchema
 
@@ -27,7 +28,7 @@ def feature_service_name(schema: DatasetSchema) -> str:
 
 def view_keys(schema: DatasetSchema) -> dict[str, str]:
     """Feature view name -> its join key: the event-level view, then one view per entity."""
-    return {f"{schema.name}_event_fv": EVENT_ID} | {f"{schema.name}_{e.name}_fv": e.key for e in schema.entities}
+    return {f"{schema.name}_event_fv": EVENT_ID} | {entity_view(schema, e): e.key for e in schema.entities}
 
 
 def local_config(schema: DatasetSchema) -> dict:
@@ -42,14 +43,32 @@ def local_config(schema: DatasetSchema) -> dict:
     }
 
 
-def production_config(schema: DatasetSchema) -> dict:
+def production_config(project: str) -> dict:
     return {
-        "project": schema.name,
+        "project": project,
         "registry": {"registry_type": "sql", "path": "${FEAST_REGISTRY_URL}", "cache_ttl_seconds": 60},
         "provider": "local",
         "offline_store": {"type": "spark", "spark_conf": {"spark.master": "${SPARK_MASTER}"}},
         "online_store": {"type": "redis", "connection_string": "${REDIS_CONNECTION_STRING}"},
         "entity_key_serialization_version": 3,
+    }
+
+
+def serving_config(repo: Path, variant: str) -> dict:
+    """The feature_store.yaml a served model reads entity features with: the registry and the online store alone
+    (the serving runtime's Feast loads no offline store), at absolute paths of `repo` locally, or the production
+    settings, which Feast fills in from the serving pod's environment."""
+    local = yaml.safe_load((Path(repo) / "feature_store.yaml").read_text())
+    if variant == "production":
+        return {k: v for k, v in production_config(local["project"]).items() if k != "offline_store"}
+    online = dict(local["online_store"])
+    online["path"] = str((Path(repo) / online["path"]).resolve())
+    return {
+        "project": local["project"],
+        "registry": str((Path(repo) / local["registry"]).resolve()),
+        "provider": local["provider"],
+        "online_store": online,
+        "entity_key_serialization_version": local["entity_key_serialization_version"],
     }
 
 
@@ -107,7 +126,7 @@ def write_repo(schema: DatasetSchema, repo: Path, source_path: Path) -> None:
     (repo / "feature_store.yaml").write_text(yaml.safe_dump(local_config(schema), sort_keys=False))
     (repo / "feature_store.production.yaml").write_text(
         "# Cluster setting: the same definitions over Redis (online) and Spark (offline).\n"
-        + yaml.safe_dump(production_config(schema), sort_keys=False)
+        + yaml.safe_dump(production_config(schema.name), sort_keys=False)
     )
     (repo / DEFINITIONS).write_text(render_definitions(schema, source_path.resolve()))
     (repo / ".feastignore").write_text("data/\n*.yaml\n")

@@ -29,11 +29,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureStore
-from feast.infra.provider import get_provider
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from features.feast_repo import apply_repo, feature_service_name, view_keys, write_repo
+from features.online import OnlineReader
 from features.prefetch import prefetch
 from features.readers import EVENT_ID, EVENT_TIMESTAMP, IngestError, RawReader
 from features.schema import DatasetSchema
@@ -198,29 +196,26 @@ def write_model_ready(frame: pd.DataFrame, transform: FeatureTransform, schema: 
 
 
 class OnlineFeatures:
-    """Online lookups through Feast's online store, returned model-ready (the same transform as training).
-
-    Lookups go through the provider's `online_read` (the online store's read path, SQLite here, Redis on a
-    cluster), once per distinct key and only for the views whose keys are given: the SDK's
-    `get_online_features` costs several times more for a 512-row request (see bench/serving.py).
+    """Online lookups through Feast's online store, returned model-ready (the same transform as training), and
+    materialisation into it. Reads go through `features.online.OnlineReader`: once per distinct key, and only for
+    the views whose keys are given.
     """
 
     def __init__(self, repo: Path, schema: DatasetSchema, transform: FeatureTransform):
-        self.store = FeatureStore(repo_path=str(repo))
         self.schema = schema
         self.transform = transform
-        self._provider = get_provider(self.store.config)
-        service = self.store.get_feature_service(feature_service_name(schema))
+        store = FeatureStore(repo_path=str(repo))
+        service = store.get_feature_service(feature_service_name(schema))
         features = {p.name: [f.name for f in p.features] for p in service.feature_view_projections}
         # join key -> (its feature view, the features it unlocks)
-        self._views = {
-            key: (self.store.get_feature_view(view), features[view]) for view, key in view_keys(schema).items()
-        }
+        views = {key: (view, features[view]) for view, key in view_keys(schema).items()}
+        self.reader = OnlineReader(repo, schema, views)
+        self.store = self.reader.store
 
     @property
     def keys(self) -> tuple[str, ...]:
         """The join keys this store answers for: event_id, then each entity's key."""
-        return tuple(self._views)
+        return tuple(self.reader.views)
 
     def materialize(
         self, start: datetime, end: datetime, rows_per_window: int = 50_000, entities_only: bool = False
@@ -246,18 +241,12 @@ class OnlineFeatures:
 
     def raw_features(self, keys: dict[str, list]) -> dict[str, list]:
         """Raw feature values {feature: one value per row} of the views keyed by `keys`; None where unknown."""
-        unknown = [k for k in keys if k not in self._views]
+        unknown = [k for k in keys if k not in self.reader.views]
         if unknown:
             raise ValueError(f"online lookup: {unknown} are not join keys of {self.schema.name!r}; known: {self.keys}")
         found: dict[str, list] = {}
         for key, values in keys.items():
-            view, features = self._views[key]
-            distinct = list(dict.fromkeys(v for v in values if v is not None))
-            entity_keys = [EntityKeyProto(join_keys=[key], entity_values=[_key_value(key, v)]) for v in distinct]
-            read = self._provider.online_read(self.store.config, view, entity_keys, features) if distinct else []
-            by_key = {v: record or {} for v, (_, record) in zip(distinct, read)}
-            for feature in features:
-                found[feature] = [_python_value(by_key.get(v, {}).get(feature)) for v in values]
+            found |= self.reader.read(key, values)
         return found
 
     def lookup(self, keys: dict[str, list], request: dict[str, list] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -270,14 +259,3 @@ class OnlineFeatures:
         if len(sizes) != 1:
             raise ValueError(f"online lookup: keys and request fields must have equal lengths, got {sorted(sizes)}")
         return self.transform.transform({**self.raw_features(keys), **keys, **(request or {})})
-
-
-def _key_value(key: str, value: object) -> ValueProto:
-    """A join key as Feast's Value: event ids are INT64, entity keys STRING (features.feast_repo declares them
-    so), whatever type the caller holds them in: an entity key 123 is looked up as "123"."""
-    return ValueProto(int64_val=int(value)) if key == EVENT_ID else ValueProto(string_val=str(value))
-
-
-def _python_value(value: ValueProto | None) -> object:
-    kind = value.WhichOneof("val") if value is not None else None
-    return getattr(value, kind) if kind and kind != "null_val" else None

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import repeat
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -79,11 +79,11 @@ class Encoding:
 
 
 def _floats(values: Sequence) -> np.ndarray:
-    """A dense column as float32 with missing values as 0 (numeric arrays skip pandas' masked path)."""
+    """A dense column as float32, NaN where missing (numeric arrays skip pandas' masked path)."""
     array = np.asarray(values)
     if array.dtype.kind != "f":
         array = pd.array(values, dtype="Float32").to_numpy(dtype=np.float32, na_value=np.nan)
-    return np.nan_to_num(array.astype(np.float32, copy=False), nan=0.0)
+    return array.astype(np.float32, copy=False)
 
 
 def _as_strings(values: Sequence) -> pa.Array:
@@ -168,6 +168,7 @@ class FeatureTransform:
         if not self.dense:  # the model's all-zero placeholder column
             return np.zeros((len(columns[self.categorical[0].name]), 1), dtype=np.float32)
         raw = np.stack([_floats(columns[name]) for name in self.dense], axis=1)
+        np.nan_to_num(raw, copy=False, nan=0.0)  # missing -> 0
         return np.log1p(np.maximum(raw, 0.0, out=raw), out=raw)  # (B, num_dense)
 
     def _sparse(self, columns: Mapping[str, Sequence], encode) -> np.ndarray:

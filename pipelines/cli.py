@@ -355,9 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="the Triton model repository served now: its latest version is scored on the same test events",
     )
-    evaluate.add_argument(
-        "--model-name", default="", help=f"the served model's name (default: {MODEL_PREFIX}<schema>)"
-    )
+    evaluate.add_argument("--model-name", default="", help=f"the served model's name (default: {MODEL_PREFIX}<schema>)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     rank = sub.add_parser(
@@ -458,9 +456,7 @@ def _serving_commands(sub) -> None:
     deploy = sub.add_parser("deploy", help="add an export as a new version of a model in a Triton model repository")
     deploy.add_argument("--export", type=Path, required=True, help="`nasrec export` output folder")
     deploy.add_argument("--repository", type=Path, required=True, help="Triton model repository")
-    deploy.add_argument(
-        "--model", dest="model_name", default="", help=f"model name (default: {MODEL_PREFIX}<schema>, e.g. nasrec_criteo)"
-    )
+    deploy.add_argument("--model", dest="model_name", default="", help=f"model name (default: {MODEL_PREFIX}<schema>)")
     deploy.add_argument("--data", type=Path, help="ingestion folder of the checked rows (default: the export's)")
     deploy.add_argument(
         "--check-rows",

@@ -36,6 +36,7 @@ class CTRClient:
 
     def __init__(self, url: str, model: str | None = None, timeout_s: float = 30.0, max_batch_size: int = 0):
         self.url = url
+        self.model = model or ""
         self.timeout_s = timeout_s
         self._client = grpcclient.InferenceServerClient(url)
         try:
@@ -76,7 +77,7 @@ class CTRClient:
         try:
             return method(*args, client_timeout=self.timeout_s, **kwargs)
         except InferenceServerException as error:
-            raise ServingError(f"Triton at {self.url}, model {getattr(self, 'model', '?')!r}: {error.message()}") from None
+            raise ServingError(f"Triton at {self.url}, model {self.model!r}: {error.message()}") from None
 
     def inputs(self, rows: Sequence[Mapping[str, Any]]) -> list[grpcclient.InferInput]:
         """The gRPC inputs of one request for these rows (checked: a bad row or field is named)."""
@@ -96,7 +97,8 @@ class CTRClient:
         if name in self.dense_fields:
             array = np.array([_dense_value(name, i, v) for i, v in enumerate(values)], dtype=np.float32)
         else:
-            array = np.array([_category_bytes(name, i, v) for i, v in enumerate(values)] + [None], dtype=object)[:-1]
+            array = np.empty(len(values), dtype=object)
+            array[:] = [_category_bytes(name, i, v) for i, v in enumerate(values)]
         tensor = grpcclient.InferInput(name, [len(values), 1], self.fields[name])
         tensor.set_data_from_numpy(array.reshape(-1, 1))
         return tensor
@@ -210,7 +212,8 @@ def log_rows(raw_paths: Sequence[Path], schema, event_ids: Sequence[int]) -> lis
     from features.readers import raw_records  # pyarrow: only for this
 
     records = raw_records(list(raw_paths), schema, list(event_ids))
-    return [_typed({f: records[i].get(f) for f in schema.event_features}, schema.dense, f"event {i}") for i in event_ids]
+    fields = schema.event_features
+    return [_typed({f: records[i].get(f) for f in fields}, schema.dense, f"event {i}") for i in event_ids]
 
 
 def _typed(row: dict[str, str | None], dense_fields: Collection[str], where: str) -> dict[str, Any]:

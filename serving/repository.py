@@ -1,7 +1,8 @@
 """Triton model repositories: every exported version is served as two Triton models of the same version number.
 
     <repo>/<name>/config.pbtxt, <name>/<N>/      raw events in: the schema's fields, one input each (what
-                                                  clients call); the version's fitted transform runs in the server
+                                                  clients call); the version's fitted transform runs in the server,
+                                                  and entity features come from the Feast online store
     <repo>/<name>_ids/config.pbtxt, <name>_ids/<N>/   model-ready `dense`/`sparse` ids in: the ONNX network alone
 
 Two variants serve the same `model.onnx`:
@@ -42,7 +43,8 @@ CONFIG_FILE = "config.pbtxt"
 BUNDLE_FILES = ("transform.json", "schema.yaml", "export.json")  # beside the events model in each version
 PYTHON_MODEL = Path(__file__).with_name("triton_model.py")
 FEATURES_PACKAGE = Path(__file__).resolve().parents[1] / "features"
-FEATURE_MODULES = ("__init__.py", "schema.py", "transform.py")  # what the events model imports
+FEATURE_MODULES = ("__init__.py", "schema.py", "transform.py", "online.py")  # what the events model imports
+FEATURE_REPO = "feature_repo"  # in an events version of a schema with entities: the online store it reads
 CANDIDATE_SUFFIX = "__candidate"
 INPUTS_PARAMETER = "nasrec_inputs"  # "events" or "ids": which endpoint the Python model is
 IDS_MODEL_PARAMETER = "nasrec_ids_model"  # production: the model the events model calls through BLS
@@ -284,7 +286,19 @@ def write_candidate(
     (events_folder / "features").mkdir()
     for module in FEATURE_MODULES:
         shutil.copy2(FEATURES_PACKAGE / module, events_folder / "features" / module)
+    if schema.entities:
+        _write_feature_repo(Path(record["feature_repo"]), events_folder / FEATURE_REPO, config.variant)
     return candidate
+
+
+def _write_feature_repo(source: Path, target: Path, variant: str) -> None:
+    """The registry and online store the events model reads entity features from (see feast_repo.serving_config)."""
+    import yaml
+
+    from features.feast_repo import serving_config  # Feast: only for schemas with entities
+
+    target.mkdir()
+    (target / "feature_store.yaml").write_text(yaml.safe_dump(serving_config(source, variant), sort_keys=False))
 
 
 def promote(candidate: Candidate) -> Path:

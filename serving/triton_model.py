@@ -1,13 +1,16 @@
 """Triton Python-backend model: a CTR model's two endpoints, copied into each version directory as model.py.
 
-It runs inside Triton's Python backend stub, in the serving runtime environment (numpy < 2, onnxruntime,
-pandas, pyarrow), and imports nothing of this project but the `features` modules copied beside it.
+It runs inside Triton's Python backend stub, in the serving runtime environment (numpy < 2, onnxruntime, and a
+Feast release that supports numpy < 2), and imports nothing of this project but the `features` modules copied
+beside it.
 
 - `ids` (parameter `nasrec_inputs: ids`): model-ready `dense` and `sparse` arrays in, ONNX Runtime on the
   version's model.onnx (the local variant's ids endpoint; in production Triton's ONNX Runtime backend serves it).
 - `events`: the schema's raw event fields in, one input per field (dense FP32 with NaN for missing,
   categorical BYTES with b"" for missing). The version's own fitted transform (`transform.json`, applied by the
-  project's `features.transform` copied beside it) makes model inputs, and the version's own network scores
+  project's `features.transform` copied beside it) makes model inputs, entity features (for a schema with
+  entities, the request carries only their keys) read from the Feast online store that `feature_repo/` names,
+  through `features.online` as ingestion reads it; and the version's own network scores
   them: ONNX Runtime on the model.onnx beside it, or, when the config names `nasrec_ids_model` (production),
   that model's version of the same number through BLS. So version N's transform always runs with version N's
   network.
@@ -56,7 +59,14 @@ def parse_bytes_tensor(buffer: bytes) -> np.ndarray:
         offset += 4
         values.append(buffer[offset : offset + length])
         offset += length
-    return np.array(values + [None], dtype=object)[:-1]  # the None keeps numpy from making a 2-D bytes array
+    return _objects(values)
+
+
+def _objects(values: list) -> np.ndarray:
+    """A 1-D object array of these values (np.array would make a fixed-width bytes array of them)."""
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
 
 
 class OnnxModel:
@@ -120,9 +130,16 @@ class TritonPythonModel:
             self.network = OnnxModel(folder / "model.onnx", threads, int(parameters.get("onnx_parallel_runs", "1")))
         if self.events:
             sys.path.insert(0, str(folder))  # the `features` modules copied beside this file
+            from features.schema import DatasetSchema
             from features.transform import FeatureTransform
 
             self.transform = FeatureTransform.load(folder / "transform.json")
+            schema = DatasetSchema.load(folder / "schema.yaml")
+            self.entity_keys = [e.key for e in schema.entities]
+            if self.entity_keys:
+                from features.online import OnlineReader  # Feast: only for schemas with entities
+
+                self.online = OnlineReader(folder / "feature_repo", schema)
             self.inputs = {i["name"]: i["data_type"] for i in config["input"]}
             self.dense_fields = [name for name, kind in self.inputs.items() if kind == "TYPE_FP32"]
             pb_utils.deserialize_bytes_tensor = parse_bytes_tensor  # what the stub calls for BYTES inputs
@@ -177,10 +194,18 @@ class TritonPythonModel:
     def _probabilities(self, inputs: list) -> np.ndarray:
         if self.events:
             columns = {name: np.concatenate([c[name] for c in inputs]) for name in self.inputs}
+            for key in self.entity_keys:
+                columns |= self._entity_features(key, columns[key])
             dense, sparse = self.transform.transform_request(columns)
         else:
             dense, sparse = (np.concatenate(arrays) for arrays in zip(*inputs))
         return self.network(dense, sparse)
+
+    def _entity_features(self, key: str, values: np.ndarray) -> dict[str, np.ndarray]:
+        """The features of the entities these keys name, as the online store holds them now (b"": unknown)."""
+        distinct, rows = np.unique(values, return_inverse=True)
+        found = self.online.read(key, [v or None for v in distinct])
+        return {feature: _objects([(v or "").encode() for v in got])[rows] for feature, got in found.items()}
 
     def _split(self, batches: list, probability: np.ndarray) -> list:
         answers, start = [], 0

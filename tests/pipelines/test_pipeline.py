@@ -14,6 +14,7 @@ from pipelines.local import STEPS, PipelineStepError, Preset, run_local, serve_h
 from pipelines.pipeline import compile_pipeline
 from serving.export import read_metadata
 from serving.repository import versions
+from tests.conftest import shared
 
 TRAINING = ("train-supernet", "search", "finetune")
 
@@ -111,6 +112,21 @@ def test_a_rerun_reuses_the_pure_steps_and_the_gate_can_refuse(tiny_run, tmp_pat
     with pytest.raises(PipelineStepError, match=r"step 'ingest' failed; its log: .*logs/ingest\.log"):
         run_local(tiny_run.parameters | {"schema": "avazu"}, tmp_path)
     assert "ingest failed: IngestError" in (tmp_path / "logs" / "ingest.log").read_text()
+
+
+def test_the_readmes_sequence_serves_a_second_dataset_beside_the_first(tiny_run, capsys) -> None:
+    """`make run`, then `make run DATA=../shared/data/avazu_10k/train.csv SCHEMA=avazu`: the Avazu model is served
+    under its own name, neither judged against the Criteo model nor replacing it."""
+    parameters = tiny_run.parameters | {"raw_files": [str(shared("avazu"))], "schema": "avazu", "data_digest": ""}
+    avazu = run_local(parameters, tiny_run.out)
+    evaluation = json.loads(avazu.artifact("evaluation").read_text())
+    assert avazu.outputs["deployed"] and evaluation["model_name"] == "nasrec_avazu" and evaluation["served"] is None
+    assert versions(avazu.repository / "nasrec_avazu") == versions(avazu.repository / "nasrec_criteo") == [1]
+    serve_held_out(avazu, 5)
+    printed = capsys.readouterr().out
+    assert "model nasrec_avazu, on 5 held-out raw events" in printed
+    answers = [line.split() for line in printed.split("probability  label\n")[1].splitlines()[:5]]
+    assert all(0.0 < float(p) < 1.0 and label in ("0", "1") for p, label in answers)
 
 
 def test_the_image_tags_follow_the_project_version_the_dockerfile_builds() -> None:

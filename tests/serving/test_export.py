@@ -126,7 +126,7 @@ def test_export_refuses_what_it_cannot_serve(criteo_exported: Exported, tmp_path
     assert not (tmp_path / "out").exists()
 
 
-def test_the_export_step_records_the_test_metrics_the_next_gate_compares_with(
+def test_the_export_step_records_the_test_metrics_and_the_weights_digest_the_gate_reads(
     criteo_exported: Exported, tmp_path
 ) -> None:
     evaluation = tmp_path / "evaluation.json"
@@ -136,5 +136,7 @@ def test_the_export_step_records_the_test_metrics_the_next_gate_compares_with(
     metadata = read_metadata(tmp_path / "export" / MODEL_FILE)
     assert float(metadata["test_auc"]) == 0.7123456789 and float(metadata["test_log_loss"]) == 0.45
     add_version(tmp_path / "export", tmp_path / "repository", "ctr", ServingConfig())
-    served = served_model(str(tmp_path / "repository"), "ctr")
-    assert served == {"version": 1, "test_auc": 0.7123456789, "weights_sha256": metadata["weights_sha256"]}
+    served = served_model(str(tmp_path / "repository"), "ctr", criteo_exported.data.out_dir)
+    assert served["version"] == 1 and served["weights_sha256"] == metadata["weights_sha256"]
+    assert served["takes_other_fields"] is None
+    assert 0.5 < served["test_auc"] < 1 and served["test_auc"] != 0.7123456789  # scored afresh on the test events

@@ -48,7 +48,9 @@ def test_the_local_variant_serves_raw_events_and_ids_as_python_backend_models(
         "schema.yaml",
         "transform.json",
     ]
-    assert sorted(p.name for p in (folder / "features").iterdir()) == ["__init__.py", "schema.py", "transform.py"]
+    modules = ["__init__.py", "online.py", "schema.py", "transform.py"]
+    assert sorted(p.name for p in (folder / "features").iterdir()) == modules
+    assert not (folder / "feature_repo").exists()  # Criteo has no entities: no online store to read
     assert sorted(p.name for p in (tmp_path / "ctr_ids" / "1").iterdir()) == ["export.json", "model.onnx", "model.py"]
     assert [(i.name, i.data_type, list(i.dims)) for i in events.input] == [
         (f, mc.TYPE_FP32 if f.startswith("I") else mc.TYPE_STRING, [1]) for f in CRITEO_FIELDS
@@ -118,9 +120,7 @@ def test_versions_are_numbered_immutable_and_keep_one_set_of_fields(
     assert add_version(criteo_retrained.exports[0], repository, "ctr", ServingConfig()).name == "4"  # not 3 again
 
 
-def test_a_redeploy_keeps_the_tuned_fields_unless_the_command_changes_them(
-    criteo_exported: Exported, tmp_path
-) -> None:
+def test_a_redeploy_keeps_the_tuned_fields_unless_the_command_changes_them(criteo_exported: Exported, tmp_path) -> None:
     repository = tmp_path / "repository"
     deploy(criteo_exported.exports[0], repository, DeployRun(instances=3, max_batch_size=256, check_rows=0))
     tuned = configs(repository, "nasrec_criteo")

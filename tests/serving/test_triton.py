@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
+import yaml
 from tritonclient.utils import InferenceServerException
 
 from components.steps.deploy import DeployRun, deploy
-from features.readers import EVENT_ID
+from features.ingest import OnlineFeatures
+from features.readers import EVENT_ID, EVENT_TIMESTAMP
 from features.schema import DatasetSchema
 from features.transform import FeatureTransform
 from serving.client import CTRClient, infer_inputs, log_rows
@@ -154,7 +157,8 @@ def refuse_bad_requests(client: grpcclient.InferenceServerClient, metadata, rows
     refused([i for i in good if i.name() != "C5"], r"missing required input\(s\) \['C5'\]")
     refused([*good, tensor("colour", np.array([[b"red"]] * 4, np.object_), "BYTES")], "'colour'")
     refused(replaced("I1", np.array([[b"1"]] * 4, np.object_), "BYTES"), "'I1' data-type is 'BYTES', but .* 'FP32'")
-    refused(replaced("I1", np.ones((4, 2), np.float32), "FP32"), r"shape for input 'I1'.*Expected \[-1,1\], got \[4,2\]")
+    wide = np.ones((4, 2), np.float32)
+    refused(replaced("I1", wide, "FP32"), r"shape for input 'I1'.*Expected \[-1,1\], got \[4,2\]")
     refused(replaced("I1", np.ones((3, 1), np.float32), "FP32"), "input 'I1' batch size does not match")
     infinite = np.array([[1.0], [np.inf], [2.0], [3.0]], np.float32)
     refused(replaced("I2", infinite, "FP32"), r"field 'I2', row 1: inf is not allowed: a finite number, or NaN")
@@ -235,3 +239,48 @@ def test_a_retrained_version_rolls_in_under_load_and_every_answer_is_one_version
             thread.join()
     assert answers["failed"] == [] and answers["other"] == []
     assert answers["v1"] > 0 and answers["v2"] > 0, answers
+
+
+def test_avazu_requests_carry_entity_keys_and_the_server_reads_entity_features_from_feast(
+    avazu_exported: Exported, tmp_path
+) -> None:
+    export = avazu_exported.exports[0]
+    schema = DatasetSchema.load(export / "schema.yaml")
+    data = avazu_exported.data
+    online = OnlineFeatures(data.repo, schema, data.transform)
+    events = pq.read_table(data.out_dir / "offline" / "events.parquet", columns=[EVENT_TIMESTAMP])[EVENT_TIMESTAMP]
+    online.materialize(events.to_pandas().min(), events.to_pandas().max() + timedelta(hours=1), entities_only=True)
+    rows = validation_rows(avazu_exported, schema)
+    assert len(rows) >= 900 and all("device_model" not in r and "device_id" in r for r in rows)
+    # what the online store holds for these rows' entities, read through Feast's SDK (not the server's path)
+    refs = [f"{schema.name}_{e.name}_fv:{f}" for e in schema.entities for f in e.features]
+    keys = [{e.key: row[e.key] for e in schema.entities} for row in rows]
+    stored = online.store.get_online_features(features=refs, entity_rows=keys).to_dict()
+    assert sum(v is not None for v in stored["device_model"]) > 0.9 * len(rows)
+    columns = {f: [row[f] for row in rows] for f in rows[0]} | {f: stored[f] for f in schema.entity_features}
+    expected = torch_probabilities(avazu_exported.net(1), *data.transform.transform(columns))
+
+    repository = tmp_path / "repository"
+    folder = add_version(export, repository, "nasrec_avazu", ServingConfig())
+    store = yaml.safe_load((folder / "feature_repo" / "feature_store.yaml").read_text())
+    assert store["online_store"]["path"] == str(data.repo / "data" / "online_store.db") and "offline_store" not in store
+    production = add_version(export, tmp_path / "production", "nasrec_avazu", ServingConfig(variant="production"))
+    store = yaml.safe_load((production / "feature_repo" / "feature_store.yaml").read_text())
+    assert store["online_store"] == {"type": "redis", "connection_string": "${REDIS_CONNECTION_STRING}"}
+    with TritonServer(repository) as server, grpcclient.InferenceServerClient(server.url) as client:
+        group, shm_prefix = server.process.pid, server.shm_prefix
+        metadata = client.get_model_metadata("nasrec_avazu")
+        assert {i.name for i in metadata.inputs} == set(schema.event_features)  # entity keys, not their features
+        served = client.infer("nasrec_avazu", raw_inputs(metadata, rows)).as_numpy("probability")[:, 0]
+        assert np.abs(served - expected).max() <= 1e-5
+        unseen = [{**rows[0], "device_id": "never-seen-device"}]  # no online record: its features are unseen
+        unknown_device = {k: v[:1] for k, v in columns.items()} | {"device_id": ["never-seen-device"]}
+        unknown_device |= {f: [None] for f in schema.entities[0].features}
+        want = torch_probabilities(avazu_exported.net(1), *data.transform.transform(unknown_device))
+        got = client.infer("nasrec_avazu", raw_inputs(metadata, unseen)).as_numpy("probability")[:, 0]
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        with pytest.raises(InferenceServerException, match="'device_model'"):  # the online store owns it
+            extra = grpcclient.InferInput("device_model", [1, 1], "BYTES")
+            extra.set_data_from_numpy(np.array([[b"x"]], dtype=np.object_))
+            client.infer("nasrec_avazu", [*raw_inputs(metadata, rows[:1]), extra])
+    assert_no_process_left(group, shm_prefix)
