@@ -24,6 +24,7 @@ from features.schema import DatasetSchema
 FORMAT_VERSION = 1
 LABEL = "label"  # the label column of model-ready splits
 SMALL_INPUT = 2048  # rows up to which vocabulary lookups use a Python dict
+PACKED_BYTES = 8  # request values up to this long are looked up as integers
 HASH_KEY = "nasrec-features0"  # 16 bytes: a fixed key makes hashes equal across processes and machines
 
 
@@ -38,11 +39,22 @@ class Encoding:
         return self.buckets if self.buckets else len(self.vocabulary) + 1
 
     def encode_bytes(self, values: Sequence[bytes]) -> np.ndarray:
-        """A request's values as UTF-8 bytes (b"" for missing) -> the ids `encode` gives their text. Looked up by
-        bytes in a dict, so a served request needs no decoding and no Arrow conversion."""
+        """A request's values as UTF-8 bytes (b"" for missing) -> the ids `encode` gives their text, with no
+        decoding and no Arrow conversion: a fixed-width numpy array of values of up to 8 bytes is looked up as
+        integers, all at once; other values one by one in a dict keyed by bytes."""
         if self.buckets:
             return self.encode([v.decode("utf-8", "replace") if v else None for v in values])
+        if isinstance(values, np.ndarray) and values.dtype.kind == "S" and values.dtype.itemsize <= PACKED_BYTES:
+            return self._packed_ids(values)
         return np.fromiter(map(self._byte_ids.get, values, repeat(0)), dtype=np.int64, count=len(values))
+
+    def _packed_ids(self, values: np.ndarray) -> np.ndarray:
+        keys, ids = self._packed_vocabulary
+        packed = _packed(values)
+        if not len(keys):
+            return np.zeros(len(values), dtype=np.int64)
+        at = np.searchsorted(keys, packed).clip(max=len(keys) - 1)
+        return np.where(keys[at] == packed, ids[at], 0)
 
     def encode(self, values: Sequence) -> np.ndarray:
         """Values (any dtype; missing as None/NaN) -> int64 ids; 0 for missing or unseen."""
@@ -69,13 +81,37 @@ class Encoding:
         return self._cached("_id_of", lambda: {v: i + 1 for i, v in enumerate(self.vocabulary)})
 
     @property
+    def _packed_vocabulary(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted integer keys of the vocabulary's values of 1 to 8 bytes, and their ids. A value ending in NUL
+        is left out: as fixed-width bytes it reads as the same value without it (the dict still has it)."""
+
+        def build() -> tuple[np.ndarray, np.ndarray]:
+            short = [(v.encode(), i + 1) for i, v in enumerate(self.vocabulary)]
+            short = [(b, i) for b, i in short if 0 < len(b) <= PACKED_BYTES and not b.endswith(b"\0")]
+            values = np.array([b for b, _ in short] or [b""], dtype=f"S{PACKED_BYTES}")[: len(short)]
+            keys, ids = _packed(values), np.array([i for _, i in short], dtype=np.int64)
+            order = np.argsort(keys)
+            return keys[order], ids[order]
+
+        return self._cached("_packed", build)
+
+    @property
     def _byte_ids(self) -> dict[bytes, int]:
-        return self._cached("_id_of_bytes", lambda: {v.encode(): i + 1 for i, v in enumerate(self.vocabulary)})
+        # b"" is a missing value, whatever the vocabulary holds
+        return self._cached("_id_of_bytes", lambda: {v.encode(): i + 1 for i, v in enumerate(self.vocabulary) if v})
 
     def _cached(self, key: str, build):
         if key not in self.__dict__:
             object.__setattr__(self, key, build())
         return self.__dict__[key]
+
+
+def _packed(values: np.ndarray) -> np.ndarray:
+    """Fixed-width bytes of at most 8 bytes as little-endian integers, NUL-padded: equal values, equal integers."""
+    width = values.dtype.itemsize
+    padded = np.zeros((len(values), PACKED_BYTES), dtype=np.uint8)
+    padded[:, :width] = np.ascontiguousarray(values).view(np.uint8).reshape(len(values), width)
+    return padded.view("<u8")[:, 0]
 
 
 def _floats(values: Sequence) -> np.ndarray:
