@@ -163,24 +163,16 @@ def infer_inputs(dense: np.ndarray, sparse: np.ndarray) -> list[grpcclient.Infer
     return inputs
 
 
-def load_models(url: str, models: Sequence[str], timeout_s: float = 120.0) -> None:
-    """Ask a server in explicit model control to (re)load `models`, in order: a model's newest versions take over
-    once ready."""
+def load_models(url: str, models: Sequence[str], timeout_s: float = 120.0, unload: bool = False) -> None:
+    """Ask a server in explicit model control to (re)load `models`, in order, or to unload them: a model's newest
+    versions take over once ready."""
+    verb = "unload" if unload else "load"
     with grpcclient.InferenceServerClient(url) as client:
         for model in models:
             try:
-                client.load_model(model, client_timeout=timeout_s)
+                getattr(client, f"{verb}_model")(model, client_timeout=timeout_s)
             except InferenceServerException as error:
-                raise ServingError(f"Triton at {url}: loading {model!r} failed: {error.message()}") from None
-
-
-def unload_models(url: str, models: Sequence[str], timeout_s: float = 120.0) -> None:
-    with grpcclient.InferenceServerClient(url) as client:
-        for model in models:
-            try:
-                client.unload_model(model, client_timeout=timeout_s)
-            except InferenceServerException as error:
-                raise ServingError(f"Triton at {url}: unloading {model!r} failed: {error.message()}") from None
+                raise ServingError(f"Triton at {url}: {verb}ing {model!r} failed: {error.message()}") from None
 
 
 def read_rows(path: Path, dense_fields: Collection[str]) -> list[dict[str, Any]]:

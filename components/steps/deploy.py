@@ -35,7 +35,7 @@ from components.steps.common import StepConfig
 from features.readers import EVENT_ID
 from features.schema import DatasetSchema
 from features.transform import FeatureTransform
-from serving.client import CTRClient, infer_inputs, load_models, unload_models
+from serving.client import CTRClient, infer_inputs, load_models
 from serving.errors import ServingError
 from serving.export import PARITY_TOLERANCE, onnx_session
 from serving.interface import DENSE_INPUT, MODEL_FILE, OUTPUT, SPARSE_INPUT, default_model_name
@@ -136,7 +136,7 @@ def check_candidate(candidate: Candidate, run: DeployRun, data_dir: Path) -> dic
     with contextlib.ExitStack() as stack:
         if run.url:
             load_models(run.url, candidate.models)
-            stack.callback(unload_models, run.url, candidate.models)
+            stack.callback(load_models, run.url, candidate.models[::-1], unload=True)
             url = run.url
         else:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nasrec-deploy-check-")))
