@@ -65,9 +65,7 @@ class CTRClient:
     def _only_events_model(self) -> str:
         index = self._call(self._client.get_model_repository_index).models
         ready = sorted(
-            m.name
-            for m in index
-            if m.state == "READY" and not m.name.endswith((IDS_SUFFIX, CANDIDATE_SUFFIX + IDS_SUFFIX, CANDIDATE_SUFFIX))
+            m.name for m in index if m.state == "READY" and not m.name.endswith((IDS_SUFFIX, CANDIDATE_SUFFIX))
         )
         if len(ready) != 1:
             raise ServingError(f"Triton at {self.url} serves {ready or 'no'} models of raw events: name one (model=)")

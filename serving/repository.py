@@ -269,26 +269,33 @@ def write_candidate(
     for model, model_config in zip(candidate.models, (ids, events)):
         (repository / model).mkdir(parents=True)
         write_config(repository / model / CONFIG_FILE, model_config)
-    ids_folder, events_folder = (repository / model / str(version) for model in candidate.models)
+    _write_version(export_dir, *(repository / model / str(version) for model in candidate.models), candidate)
+    return candidate
+
+
+def _write_version(export_dir: Path, ids_folder: Path, events_folder: Path, candidate: Candidate) -> None:
+    """The ids version: the network (and the Python model, locally). The events version: the transform, schema and
+    export record, the Python model and the `features` modules it runs, locally a copy of the network, and for a
+    schema with entities the feature store it reads."""
+    local = candidate.config.variant == "local"
     ids_folder.mkdir()
     events_folder.mkdir()
     shutil.copy2(export_dir / "export.json", ids_folder / "export.json")
     for item in export_dir.iterdir():
         if item.name.startswith(MODEL_FILE):
             shutil.copy2(item, ids_folder / item.name)
-            if config.variant == "local":  # the events model runs the network in process
+            if local:  # the events model runs the network in process
                 shutil.copy2(item, events_folder / item.name)
         elif item.name in BUNDLE_FILES:
             shutil.copy2(item, events_folder / item.name)
-    shutil.copy2(PYTHON_MODEL, events_folder / "model.py")
-    if config.variant == "local":
-        shutil.copy2(PYTHON_MODEL, ids_folder / "model.py")
+    for folder in (events_folder, ids_folder) if local else (events_folder,):
+        shutil.copy2(PYTHON_MODEL, folder / "model.py")
     (events_folder / "features").mkdir()
     for module in FEATURE_MODULES:
         shutil.copy2(FEATURES_PACKAGE / module, events_folder / "features" / module)
-    if schema.entities:
-        _write_feature_repo(Path(record["feature_repo"]), events_folder / FEATURE_REPO, config.variant)
-    return candidate
+    if candidate.schema.entities:
+        record = json.loads((export_dir / "export.json").read_text())
+        _write_feature_repo(Path(record["feature_repo"]), events_folder / FEATURE_REPO, candidate.config.variant)
 
 
 def _write_feature_repo(source: Path, target: Path, variant: str) -> None:
