@@ -17,8 +17,9 @@ def deploy(
     metrics: Output[Metrics],
     report: Output[Markdown],
 ):
-    """Add a version of `model_name` to `repository` (a path this pod sees: on a cluster, the volume Triton
-    serves from); load it into `triton_url`, or check it on a local Triton when that is empty."""
+    """Add a version of `model_name` (empty: nasrec_<schema>) to `repository` (a path this pod sees: on a cluster,
+    the volume Triton serves from), checked first as a candidate on `triton_url`, or on a local Triton when that is
+    empty, then loaded into `triton_url`."""
     from pathlib import Path
 
     from components.artifacts import log_metrics, step_log
@@ -33,9 +34,13 @@ def deploy(
         record = deploy_step(Path(onnx_model.path), Path(repository), run, Path(data.path))
         check = record.get("check", {})
         Path(report.path).write_text(
-            f"# Deployed\n\n{model_name} version {record['version']} in `{record['repository']}`"
+            f"# Deployed\n\n{record['model']} version {record['version']} in `{record['repository']}`"
             + (f", loaded into {triton_url}" if triton_url else "")
-            + (f"; {check['rows']} test rows answered over gRPC as ONNX Runtime does" if check else "")
+            + (
+                f"; checked first: {check['rows']} test events, raw and as ids, answered as ONNX Runtime does"
+                if check
+                else ""
+            )
             + ".\n"
         )
         log_metrics(metrics, record)
