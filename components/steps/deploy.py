@@ -161,8 +161,11 @@ def held_out_events(data_dir: Path, schema: DatasetSchema, count: int) -> tuple[
     """The first `count` test events: as request rows (the fields a client sends), and as the columns the
     transform takes (entity features as the online store serves them now, which the server will read)."""
     test_ids = pq.read_table(data_dir / "test.parquet", columns=[EVENT_ID])[EVENT_ID].to_pylist()[:count]
-    events = pq.read_table(data_dir / "offline" / "events.parquet").to_pandas().set_index(EVENT_ID).loc[test_ids]
     fields = list(schema.event_features)
+    events = pq.read_table(
+        data_dir / "offline" / "events.parquet", columns=[EVENT_ID, *fields], filters=[(EVENT_ID, "in", test_ids)]
+    )
+    events = events.to_pandas().set_index(EVENT_ID).loc[test_ids]
     frame = events[fields].astype(object).where(events[fields].notna(), None)
     rows = frame.to_dict("records")
     columns = {f: frame[f].tolist() for f in fields}

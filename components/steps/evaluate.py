@@ -70,8 +70,13 @@ def test_auc_of(transform: FeatureTransform, onnx_path: Path, data_dir: Path, sc
     """AUC of an exported network with its own transform on the raw test events of `data_dir` (the typed events
     ingestion stored as the offline source; each event's entity features as logged with it)."""
     test = pq.read_table(data_dir / "test.parquet", columns=[EVENT_ID, LABEL]).to_pandas()
-    events = pq.read_table(data_dir / "offline" / "events.parquet").to_pandas().set_index(EVENT_ID)
-    events = events.loc[test[EVENT_ID]]
+    fields = [*schema.dense, *schema.categorical_names]
+    events = pq.read_table(
+        data_dir / "offline" / "events.parquet",
+        columns=[EVENT_ID, *fields],
+        filters=[(EVENT_ID, "in", test[EVENT_ID].tolist())],
+    )
+    events = events.to_pandas().set_index(EVENT_ID).loc[test[EVENT_ID]]
     session = onnx_session(onnx_path)
     scores = []
     for start in range(0, len(events), SCORED_ROWS):
