@@ -320,10 +320,11 @@ def entity_lookup_options(data: IngestResult, version: Path, rows: list[dict], a
 DIRECT_READ = """
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
+from feast import FeatureStore
 from features.online import OnlineReader
 from features.schema import DatasetSchema
 schema = DatasetSchema.load(sys.argv[1] + "/schema.yaml")
-reader = OnlineReader(sys.argv[1] + "/feature_repo", schema)
+reader = OnlineReader(FeatureStore(repo_path=sys.argv[1] + "/feature_repo"), schema)
 rows, repeats = json.loads(sys.stdin.read()), json.loads(sys.argv[2])
 out = {}
 for size, n in repeats.items():

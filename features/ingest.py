@@ -209,8 +209,8 @@ class OnlineFeatures:
         features = {p.name: [f.name for f in p.features] for p in service.feature_view_projections}
         # join key -> (its feature view, the features it unlocks)
         views = {key: (view, features[view]) for view, key in view_keys(schema).items()}
-        self.reader = OnlineReader(repo, schema, views)
-        self.store = self.reader.store
+        self.reader = OnlineReader(store, schema, views)
+        self.store = store
 
     @property
     def keys(self) -> tuple[str, ...]:

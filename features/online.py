@@ -10,7 +10,6 @@ costs several times more for a 512-row request (see bench/serving.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from feast import FeatureStore, FeatureView
 from feast.infra.provider import get_provider
@@ -27,13 +26,15 @@ def entity_view(schema: DatasetSchema, entity: EntitySpec) -> str:
 
 
 class OnlineReader:
-    """Raw values of feature views by join key from the online store of the repository at `repo`.
+    """Raw values of feature views by join key from the online store of `store`.
 
     `views` maps each join key to (feature view name, its features); by default each entity's view.
     """
 
-    def __init__(self, repo: Path, schema: DatasetSchema, views: dict[str, tuple[str, list[str]]] | None = None):
-        self.store = FeatureStore(repo_path=str(repo))
+    def __init__(
+        self, store: FeatureStore, schema: DatasetSchema, views: dict[str, tuple[str, list[str]]] | None = None
+    ):
+        self.store = store
         self._provider = get_provider(self.store.config)
         views = views or {e.key: (entity_view(schema, e), list(e.features)) for e in schema.entities}
         self.views: dict[str, tuple[FeatureView, list[str]]] = {

@@ -130,26 +130,15 @@ def model_configs(
     events = _base_config(name, config, versions=config.versions_served, instances=mc.ModelInstanceGroup.KIND_CPU)
     events.backend = "python"
     events.parameters[INPUTS_PARAMETER].string_value = "events"
-    for field_name, data_type in event_inputs(schema):
-        events.input.add(name=field_name, data_type=data_type, dims=[1])
-    for batch in config.warmup_batch_sizes:
-        warmup = events.model_warmup.add(name=f"batch_{batch}", batch_size=batch, count=1)
-        for field_name, data_type in event_inputs(schema):
-            warmup.inputs[field_name].CopyFrom(mc.ModelWarmup.Input(data_type=data_type, dims=[1], zero_data=True))
-
+    _add_inputs(events, [(field, data_type, 1) for field, data_type in event_inputs(schema)], config)
     # production: the ids version that an events version being retired still calls stays loaded
     served = config.versions_served + (config.variant == "production")
     ids = _base_config(ids_model(name), config, versions=served, instances=INSTANCE_KINDS[config.instance_kind])
-    shapes = {
-        DENSE_INPUT: (mc.TYPE_FP32, input_schema["num_dense"]),
-        SPARSE_INPUT: (mc.TYPE_INT64, len(input_schema["cardinalities"])),
-    }
-    for input_name, (data_type, width) in shapes.items():
-        ids.input.add(name=input_name, data_type=data_type, dims=[width])
-    for batch in config.warmup_batch_sizes:
-        warmup = ids.model_warmup.add(name=f"batch_{batch}", batch_size=batch, count=1)
-        for input_name, (data_type, width) in shapes.items():
-            warmup.inputs[input_name].CopyFrom(mc.ModelWarmup.Input(data_type=data_type, dims=[width], zero_data=True))
+    ids_inputs = [
+        (DENSE_INPUT, mc.TYPE_FP32, input_schema["num_dense"]),
+        (SPARSE_INPUT, mc.TYPE_INT64, len(input_schema["cardinalities"])),
+    ]
+    _add_inputs(ids, ids_inputs, config)
     if config.variant == "production":
         ids.platform = "onnxruntime_onnx"
         ids.default_model_filename = MODEL_FILE
@@ -168,6 +157,17 @@ def model_configs(
         for key, value in config.extra_parameters.items():
             model.parameters[key].string_value = value
     return events, ids
+
+
+def _add_inputs(model: mc.ModelConfig, inputs: list[tuple[str, int, int]], config: ServingConfig) -> None:
+    """The model's inputs (name, datatype, width: each [batch, width]) and a zero-filled warm-up request of each
+    warm-up batch size."""
+    for input_name, data_type, width in inputs:
+        model.input.add(name=input_name, data_type=data_type, dims=[width])
+    for batch in config.warmup_batch_sizes:
+        warmup = model.model_warmup.add(name=f"batch_{batch}", batch_size=batch, count=1)
+        for input_name, data_type, width in inputs:
+            warmup.inputs[input_name].CopyFrom(mc.ModelWarmup.Input(data_type=data_type, dims=[width], zero_data=True))
 
 
 def _base_config(name: str, config: ServingConfig, versions: int, instances: int) -> mc.ModelConfig:

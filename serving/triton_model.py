@@ -178,9 +178,11 @@ class TritonPythonModel:
             schema = DatasetSchema.load(folder / "schema.yaml")
             self.entity_keys = [e.key for e in schema.entities]
             if self.entity_keys:
-                from features.online import OnlineReader  # Feast: only for schemas with entities
+                from feast import FeatureStore  # only for schemas with entities
 
-                self.online = OnlineReader(folder / "feature_repo", schema)
+                from features.online import OnlineReader
+
+                self.online = OnlineReader(FeatureStore(repo_path=str(folder / "feature_repo")), schema)
             self.inputs = {i["name"]: i["data_type"] for i in config["input"]}
             self.dense_fields = [name for name, kind in self.inputs.items() if kind == "TYPE_FP32"]
             pb_utils.deserialize_bytes_tensor = parse_bytes_tensor  # what the stub calls for BYTES inputs

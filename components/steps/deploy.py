@@ -170,10 +170,13 @@ def held_out_events(data_dir: Path, schema: DatasetSchema, count: int) -> tuple[
     rows = frame.to_dict("records")
     columns = {f: frame[f].tolist() for f in fields}
     if schema.entities:
-        from features.ingest import OnlineFeatures  # Feast: only for schemas with entities
+        from feast import FeatureStore  # only for schemas with entities
 
-        online = OnlineFeatures(data_dir / "feature_repo", schema, FeatureTransform.load(data_dir / "transform.json"))
-        columns |= online.raw_features({e.key: columns[e.key] for e in schema.entities})
+        from features.online import OnlineReader
+
+        online = OnlineReader(FeatureStore(repo_path=str(data_dir / "feature_repo")), schema)
+        for entity in schema.entities:
+            columns |= online.read(entity.key, columns[entity.key])
     return rows, columns
 
 
