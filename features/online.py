@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 from feast import FeatureStore, FeatureView
 from feast.infra.provider import get_provider
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
@@ -18,6 +19,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.types import Int64
 
 from features.schema import DatasetSchema, EntitySpec
+from features.transform import ByteColumn
 
 
 def entity_view(schema: DatasetSchema, entity: EntitySpec) -> str:
@@ -50,6 +52,13 @@ class OnlineReader:
         read = self._provider.online_read(self.store.config, view, entity_keys, features) if distinct else []
         by_key = {v: record or {} for v, (_, record) in zip(distinct, read)}
         return {f: [_python_value(by_key.get(v, {}).get(f)) for v in values] for f in features}
+
+    def read_bytes(self, key: str, keys: ByteColumn) -> dict[str, ByteColumn]:
+        """`read` for a served request: keys and features as UTF-8 bytes, b"" for a missing key or an unknown one."""
+        distinct, rows = np.unique(np.array(keys.values(), dtype=object), return_inverse=True)
+        found = self.read(key, [k.decode("utf-8", "replace") if k else None for k in distinct])
+        columns = {f: ByteColumn.of([b"" if v is None else str(v).encode() for v in got]) for f, got in found.items()}
+        return {f: ByteColumn(c.data, c.starts[rows], c.lengths[rows]) for f, c in columns.items()}
 
 
 def _int_value(value: object) -> ValueProto:

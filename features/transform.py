@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import repeat
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +24,128 @@ from features.schema import DatasetSchema
 FORMAT_VERSION = 1
 LABEL = "label"  # the label column of model-ready splits
 SMALL_INPUT = 2048  # rows up to which vocabulary lookups use a Python dict
-PACKED_BYTES = 8  # request values up to this long are looked up as integers
 HASH_KEY = "nasrec-features0"  # 16 bytes: a fixed key makes hashes equal across processes and machines
+WORD = 8  # request values up to this many bytes are looked up as one integer
+LOW_BYTES = np.array([(1 << (8 * n)) - 1 for n in range(WORD)] + [2**64 - 1], dtype=np.uint64)  # by length
+FIBONACCI = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio: spreads integers over a table's slots
+
+
+@dataclass(frozen=True)
+class ByteColumn:
+    """A categorical column as a served request carries it: value i is `data[starts[i] : starts[i] + lengths[i]]`,
+    its UTF-8 text as the log holds it, empty when missing. No Python object per value, and the columns of a
+    request may share one buffer."""
+
+    data: np.ndarray  # uint8
+    starts: np.ndarray  # int64, (n,)
+    lengths: np.ndarray  # int64, (n,)
+
+    @classmethod
+    def of(cls, values: Sequence[bytes]) -> ByteColumn:
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        return cls(np.frombuffer(b"".join(values), dtype=np.uint8), np.cumsum(lengths) - lengths, lengths)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def values(self) -> list[bytes]:
+        view = memoryview(self.data)
+        return [bytes(view[s : s + n]) for s, n in zip(self.starts.tolist(), self.lengths.tolist())]
+
+    def words(self) -> np.ndarray:
+        """Each value's bytes as a little-endian integer, zeros past its end (the first 8 bytes of a longer one)."""
+        padded = np.zeros(len(self.data) + WORD, dtype=np.uint8)
+        padded[: len(self.data)] = self.data
+        at_every_byte = np.ndarray((len(self.data) + 1,), dtype="<u8", buffer=padded, strides=(1,))
+        return at_every_byte[self.starts] & LOW_BYTES[np.minimum(self.lengths, WORD)]
+
+    def one_word(self) -> np.ndarray:
+        """Where a value is one integer: 1 to 8 bytes, the last not NUL (as an integer, a trailing NUL is lost)."""
+        last = self.data[np.maximum(self.starts + self.lengths - 1, 0)] if len(self.data) else 0
+        return (self.lengths >= 1) & (self.lengths <= WORD) & (last != 0)
+
+
+def _joined(columns: Sequence[ByteColumn]) -> ByteColumn:
+    """Columns as one, over one buffer (none copied when they share one)."""
+    lengths = np.concatenate([c.lengths for c in columns])
+    if all(c.data is columns[0].data for c in columns):
+        return ByteColumn(columns[0].data, np.concatenate([c.starts for c in columns]), lengths)
+    offsets = np.cumsum([0, *(len(c.data) for c in columns[:-1])])
+    starts = np.concatenate([c.starts + offset for c, offset in zip(columns, offsets)])
+    return ByteColumn(np.concatenate([c.data for c in columns]), starts, lengths)
+
+
+class VocabularyTable:
+    """Every vocabulary of a transform in one open-addressing hash table, so a served request's values of all
+    columns are looked up in a few vectorised steps, whatever the batch.
+
+    A value of one word (see `ByteColumn.one_word`) is keyed by its integer XOR a salt of its column; the table
+    (linear probing, at most a quarter full) holds the key, the column and the id, and a lookup matches both, so a
+    key that two columns share finds each column's own id. Other values go through a dict.
+    """
+
+    def __init__(self, vocabularies: Sequence[tuple[str, ...]]):
+        entries = [ByteColumn.of([v.encode() for v in vocabulary]) for vocabulary in vocabularies]
+        column = np.repeat(np.arange(len(entries)), [len(e) for e in entries])
+        ids = np.concatenate([np.arange(1, len(e) + 1) for e in entries]) if entries else np.zeros(0, np.int64)
+        joined = _joined(entries) if entries else ByteColumn.of([])
+        word, one_word = joined.words(), joined.one_word()
+        self.others = {
+            (int(c), v): int(i)
+            for c, v, i, keep in zip(column, joined.values(), ids, ~one_word & (joined.lengths > 0))
+            if keep
+        }
+        self._build(column[one_word], word[one_word], ids[one_word], len(entries))
+
+    def _build(self, column: np.ndarray, word: np.ndarray, ids: np.ndarray, columns: int) -> None:
+        # salts keep the columns' common values (such as "1") from crowding into one run of slots
+        self.salts = np.random.default_rng(0).integers(0, 2**63, max(columns, 1), dtype=np.int64).astype(np.uint64)
+        key = word ^ self.salts[column]
+        bits = max(4, int(np.ceil(np.log2(4 * max(len(key), 1)))))
+        self.shift, self.mask = np.uint64(64 - bits), (1 << bits) - 1
+        self.keys = np.zeros(1 << bits, dtype=np.uint64)
+        self.columns = np.full(1 << bits, -1, dtype=np.int64)
+        self.ids = np.zeros(1 << bits, dtype=np.int64)  # 0: an empty slot
+        pending, home, self.longest_probe = np.arange(len(key)), self._home(key), 0
+        while True:  # each round, every free slot asked for takes its first asker; the others try the next slot
+            slot = (home[pending] + self.longest_probe) & self.mask
+            free = np.flatnonzero(self.ids[slot] == 0)
+            taken, first = np.unique(slot[free], return_index=True)
+            placed = pending[free[first]]
+            self.keys[taken], self.columns[taken], self.ids[taken] = key[placed], column[placed], ids[placed]
+            pending = np.delete(pending, free[first])
+            if not len(pending):
+                break
+            self.longest_probe += 1
+
+    def _home(self, key: np.ndarray) -> np.ndarray:
+        return (key * FIBONACCI >> self.shift).astype(np.intp)
+
+    def ids_of(self, column: np.ndarray, values: ByteColumn) -> np.ndarray:
+        """The id of each value of `values` in the vocabulary `column` names (0: missing or unseen)."""
+        one_word = values.one_word()
+        key = values.words() ^ self.salts[column]
+        slot = self._home(key)
+        ids = self.ids[slot]
+        hit = one_word & (self.keys[slot] == key) & (self.columns[slot] == column)
+        found = np.where(hit, ids, 0)
+        todo = np.flatnonzero(one_word & ~hit & (ids != 0))  # an occupied slot: the key may lie further on
+        slot, key, column_of = slot[todo], key[todo], column[todo]
+        for _ in range(self.longest_probe):
+            if not len(todo):
+                break
+            slot = (slot + 1) & self.mask
+            ids = self.ids[slot]
+            hit = (self.keys[slot] == key) & (self.columns[slot] == column_of)
+            found[todo[hit]] = ids[hit]
+            going = ~hit & (ids != 0)
+            todo, slot, key, column_of = todo[going], slot[going], key[going], column_of[going]
+        if self.others:
+            for at in np.flatnonzero(~one_word & (values.lengths > 0)).tolist():
+                start = int(values.starts[at])
+                value = values.data[start : start + int(values.lengths[at])].tobytes()
+                found[at] = self.others.get((int(column[at]), value), 0)
+        return found
 
 
 @dataclass(frozen=True)
@@ -37,24 +157,6 @@ class Encoding:
     @property
     def cardinality(self) -> int:
         return self.buckets if self.buckets else len(self.vocabulary) + 1
-
-    def encode_bytes(self, values: Sequence[bytes]) -> np.ndarray:
-        """A request's values as UTF-8 bytes (b"" for missing) -> the ids `encode` gives their text, with no
-        decoding and no Arrow conversion: a fixed-width numpy array of values of up to 8 bytes is looked up as
-        integers, all at once; other values one by one in a dict keyed by bytes."""
-        if self.buckets:
-            return self.encode([v.decode("utf-8", "replace") if v else None for v in values])
-        if isinstance(values, np.ndarray) and values.dtype.kind == "S" and values.dtype.itemsize <= PACKED_BYTES:
-            return self._packed_ids(values)
-        return np.fromiter(map(self._byte_ids.get, values, repeat(0)), dtype=np.int64, count=len(values))
-
-    def _packed_ids(self, values: np.ndarray) -> np.ndarray:
-        keys, ids = self._packed_vocabulary
-        packed = _packed(values)
-        if not len(keys):
-            return np.zeros(len(values), dtype=np.int64)
-        at = np.searchsorted(keys, packed).clip(max=len(keys) - 1)
-        return np.where(keys[at] == packed, ids[at], 0)
 
     def encode(self, values: Sequence) -> np.ndarray:
         """Values (any dtype; missing as None/NaN) -> int64 ids; 0 for missing or unseen."""
@@ -80,38 +182,19 @@ class Encoding:
     def _ids(self) -> dict[str, int]:
         return self._cached("_id_of", lambda: {v: i + 1 for i, v in enumerate(self.vocabulary)})
 
-    @property
-    def _packed_vocabulary(self) -> tuple[np.ndarray, np.ndarray]:
-        """Sorted integer keys of the vocabulary's values of 1 to 8 bytes, and their ids. A value ending in NUL
-        is left out: as fixed-width bytes it reads as the same value without it (the dict still has it)."""
-
-        def build() -> tuple[np.ndarray, np.ndarray]:
-            short = [(v.encode(), i + 1) for i, v in enumerate(self.vocabulary)]
-            short = [(b, i) for b, i in short if 0 < len(b) <= PACKED_BYTES and not b.endswith(b"\0")]
-            values = np.array([b for b, _ in short] or [b""], dtype=f"S{PACKED_BYTES}")[: len(short)]
-            keys, ids = _packed(values), np.array([i for _, i in short], dtype=np.int64)
-            order = np.argsort(keys)
-            return keys[order], ids[order]
-
-        return self._cached("_packed", build)
-
-    @property
-    def _byte_ids(self) -> dict[bytes, int]:
-        # b"" is a missing value, whatever the vocabulary holds
-        return self._cached("_id_of_bytes", lambda: {v.encode(): i + 1 for i, v in enumerate(self.vocabulary) if v})
-
     def _cached(self, key: str, build):
         if key not in self.__dict__:
             object.__setattr__(self, key, build())
         return self.__dict__[key]
 
 
-def _packed(values: np.ndarray) -> np.ndarray:
-    """Fixed-width bytes of at most 8 bytes as little-endian integers, NUL-padded: equal values, equal integers."""
-    width = values.dtype.itemsize
-    padded = np.zeros((len(values), PACKED_BYTES), dtype=np.uint8)
-    padded[:, :width] = np.ascontiguousarray(values).view(np.uint8).reshape(len(values), width)
-    return padded.view("<u8")[:, 0]
+def _log_dense(raw: np.ndarray | None, rows: int) -> np.ndarray:
+    """Raw dense values (B, n) -> the model's dense input, in place: log(max(x, 0) + 1), missing (NaN) -> 0; the
+    model's all-zero placeholder column (B, 1) when there are none."""
+    if raw is None or not raw.shape[1]:
+        return np.zeros((rows, 1), dtype=np.float32)
+    np.nan_to_num(raw, copy=False, nan=0.0)
+    return np.log1p(np.maximum(raw, 0.0, out=raw), out=raw)
 
 
 def _floats(values: Sequence) -> np.ndarray:
@@ -192,25 +275,47 @@ class FeatureTransform:
 
         `columns` is a DataFrame or a plain {name: values} mapping (cheaper for an online request).
         """
-        return self._dense(columns), self._sparse(columns, Encoding.encode)
+        return self._dense(columns), self._sparse(columns)
 
-    def transform_request(self, columns: Mapping[str, Sequence]) -> tuple[np.ndarray, np.ndarray]:
-        """`transform` for a served request: dense columns as float arrays (NaN for missing), categorical ones
-        as UTF-8 bytes (b"" for missing), as Triton hands them over. The same ids and values as `transform`."""
-        return self._dense(columns), self._sparse(columns, Encoding.encode_bytes)
+    def transform_request(
+        self, dense: np.ndarray, categorical: Mapping[str, ByteColumn]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`transform` for a served request: `dense` the raw dense fields, float32 (B, len(self.dense)) in this
+        transform's order with NaN for missing, and each categorical field's values as a ByteColumn. The same values
+        and ids as `transform`; every vocabulary is looked up at once (`VocabularyTable`)."""
+        missing = [e.name for e in self.categorical if e.name not in categorical]
+        if missing or dense.ndim != 2 or dense.shape[1] != len(self.dense):
+            raise ValueError(
+                f"feature transform ({self.schema_name}): a request needs dense (B, {len(self.dense)}) and the "
+                f"categorical fields; got dense {dense.shape}, missing {missing}"
+            )
+        rows = len(dense)
+        sparse = np.empty((rows, len(self.categorical)), dtype=np.int64)
+        vocabulary = [j for j, e in enumerate(self.categorical) if not e.buckets]
+        if vocabulary:
+            values = _joined([categorical[self.categorical[j].name] for j in vocabulary])
+            column = np.repeat(np.arange(len(vocabulary)), rows)
+            sparse[:, vocabulary] = self.vocabulary_table.ids_of(column, values).reshape(len(vocabulary), rows).T
+        for j, encoding in enumerate(self.categorical):
+            if encoding.buckets:
+                text = [v.decode("utf-8", "replace") if v else None for v in categorical[encoding.name].values()]
+                sparse[:, j] = encoding.encode(text)
+        return _log_dense(dense.astype(np.float32, copy=True), rows), sparse  # (B, num_dense), (B, n_categorical)
+
+    @cached_property
+    def vocabulary_table(self) -> VocabularyTable:
+        return VocabularyTable([e.vocabulary for e in self.categorical if not e.buckets])
 
     def _dense(self, columns: Mapping[str, Sequence]) -> np.ndarray:
         self._check_columns(columns)
-        if not self.dense:  # the model's all-zero placeholder column
-            return np.zeros((len(columns[self.categorical[0].name]), 1), dtype=np.float32)
-        raw = np.stack([_floats(columns[name]) for name in self.dense], axis=1)
-        np.nan_to_num(raw, copy=False, nan=0.0)  # missing -> 0
-        return np.log1p(np.maximum(raw, 0.0, out=raw), out=raw)  # (B, num_dense)
+        rows = len(columns[self.categorical[0].name])
+        raw = np.stack([_floats(columns[name]) for name in self.dense], axis=1) if self.dense else None
+        return _log_dense(raw, rows)
 
-    def _sparse(self, columns: Mapping[str, Sequence], encode) -> np.ndarray:
+    def _sparse(self, columns: Mapping[str, Sequence]) -> np.ndarray:
         sparse = np.empty((len(columns[self.categorical[0].name]), len(self.categorical)), dtype=np.int64)
         for j, encoding in enumerate(self.categorical):
-            sparse[:, j] = encode(encoding, columns[encoding.name])
+            sparse[:, j] = encoding.encode(columns[encoding.name])
         return sparse  # (B, n_categorical)
 
     def _check_columns(self, columns: Mapping[str, Sequence]) -> None:

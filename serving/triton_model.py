@@ -21,19 +21,26 @@ once on a thread pool (ONNX Runtime releases the GIL), because on this graph of 
 uses a second core far better than intra-op threads do.
 """
 
+from __future__ import annotations
+
 import json
 import struct
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+if TYPE_CHECKING:
+    from features.transform import ByteColumn
+
 DENSE, SPARSE, OUTPUT = "dense", "sparse", "probability"
 MIN_PART_ROWS = 128  # smaller parts cost more per row than they save
-MIN_VIEW_ELEMENTS = 32  # below this a BYTES tensor is parsed faster by a plain loop than by numpy views
+MIN_BYTES_READ_AT_ONCE = 1024  # about 80 categories: below this, reading them one by one is faster
 _LENGTH = struct.Struct("<I")
 
 
@@ -41,73 +48,102 @@ class RequestError(ValueError):
     """This request is malformed; the message names the field and what is allowed."""
 
 
-def parse_bytes_tensor(buffer) -> np.ndarray:
-    """Triton's serialised BYTES tensor (each element: a 4-byte little-endian length, then its bytes), elementwise
-    equal to `pb_utils.deserialize_bytes_tensor`'s object array, several times faster on large tensors.
+@dataclass(frozen=True)
+class EventRequest:
+    """A checked raw-event request: its dense fields as one array, its BYTES fields still serialised."""
 
-    A large tensor whose values share one length and hold no NUL byte, some of them empty (most categorical
-    columns, missing values included), comes back as a fixed-width `S<width>` array read with numpy alone, empty
-    entries for the empty values; any other tensor as an object array of bytes.
-    """
-    data = np.frombuffer(buffer, dtype=np.uint8)
-    fixed = _one_width(data) if len(data) >= 4 * MIN_VIEW_ELEMENTS else None
-    return fixed if fixed is not None else _objects(_each_value(bytes(data)))
+    rows: int
+    dense: np.ndarray  # float32, (rows, n_dense), NaN for missing
+    serialized: dict[str, Serialized]
 
 
-def _one_width(data: np.ndarray) -> np.ndarray | None:
+def keep_serialized(buffer: np.ndarray) -> Serialized:
+    """Takes the place of `pb_utils.deserialize_bytes_tensor`, which the stub calls on every BYTES input's
+    serialised buffer, then reshapes the result to the input's shape: the buffer is kept as it is, so a batch's
+    categorical values are read from all their buffers at once (`byte_columns`), with no Python object per value."""
+    return Serialized.holding(buffer, (0,))
+
+
+class Serialized(np.ndarray):
+    """A BYTES input as Triton serialises it (each element: a 4-byte little-endian length, then its bytes), held in
+    `buffer`; as an array it has only the input's shape (object dtype, every element None)."""
+
+    buffer: np.ndarray
+
+    @classmethod
+    def holding(cls, buffer: np.ndarray, shape) -> Serialized:
+        array = np.empty(shape, dtype=object).view(cls)
+        array.buffer = buffer
+        return array
+
+    def reshape(self, *shape) -> Serialized:
+        return Serialized.holding(self.buffer, shape[0] if len(shape) == 1 else shape)
+
+
+def byte_columns(names: list[str], requests: list[dict[str, Serialized]], rows: int) -> dict[str, ByteColumn]:
+    """The BYTES inputs `names` of a batch's requests (`rows` rows in all), each field's values of every request in
+    order as one ByteColumn over one shared buffer."""
+    from features.transform import ByteColumn  # the copy beside this file, on the path once `initialize` ran
+
+    data = np.concatenate([request[name].buffer for name in names for request in requests])
+    starts, lengths = _records(data) if len(data) else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    if len(starts) != rows * len(names):  # Triton checks each input's count itself
+        raise RuntimeError(f"the BYTES inputs hold {len(starts)} values, not {rows} rows of {len(names)} fields")
+    return {
+        name: ByteColumn(data, starts[k * rows : (k + 1) * rows], lengths[k * rows : (k + 1) * rows])
+        for k, name in enumerate(names)
+    }
+
+
+def _records(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each value of serialised BYTES starts, and its length: read from the zero bytes at once when no value
+    holds a NUL byte and none is 256 bytes or longer (a category's text), else one record after another (also
+    when there are too few to pay for the vectorised steps)."""
+    found = _records_from_zeros(data) if len(data) >= MIN_BYTES_READ_AT_ONCE else None
+    return found if found is not None else _records_one_by_one(data)
+
+
+def _records_from_zeros(data: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """When no value holds a NUL byte, the buffer's zero bytes are exactly its length prefixes' zeros: a value's
-    prefix `[w, 0, 0, 0]` (w < 256) leaves a run of three after its length byte, an empty value's `[0, 0, 0, 0]`
-    four, and m empty values in a row a run of 4m. The records read off the zero runs are kept only if they tile
-    the whole buffer, each starting where the one before ends: that tiling is the buffer's one parse, and it has
-    no room for a NUL inside a value. None when that fails, or the values have several lengths."""
-    width = int(data[0])
-    if width and len(data) % (4 + width) == 0:  # no empty value: one reshape reads them all
-        records = data.reshape(-1, 4 + width)
-        if (records[:, 0] == width).all() and not records[:, 1:4].any() and records[:, 4:].all():
-            return records[:, 4:].copy().view(f"S{width}")[:, 0]
+    prefix `[w, 0, 0, 0]` (0 < w < 256) leaves a run of three after its length byte, an empty value's `[0, 0, 0, 0]`
+    four, and m empty values in a row a run of 4m. The records read off the zero runs are kept only if they tile the
+    whole buffer, each starting where the one before ends: that tiling is the buffer's one parse, and it has no
+    room for a NUL inside a value. None when that fails."""
     zero = np.concatenate(([False], data == 0, [False]))
     edges = np.flatnonzero(zero[1:] != zero[:-1])
     starts, runs = edges[0::2], edges[1::2] - edges[0::2]
     valued = runs == 3
     if not (valued | (runs % 4 == 0)).all() or (valued & (starts == 0)).any():
         return None
-    empties = runs[~valued] // 4
-    first = np.repeat(starts[~valued], empties)
-    within = np.arange(empties.sum()) - np.repeat(np.cumsum(empties) - empties, empties)
-    records = np.concatenate((starts[valued] - 1, first + 4 * within))
-    lengths = np.concatenate((data[starts[valued] - 1].astype(np.int64), np.zeros(len(first), np.int64)))
-    order = np.argsort(records, kind="stable")
-    records, lengths = records[order], lengths[order]
-    width = int(lengths.max(initial=0))
+    is_record = np.zeros(len(data) + 1, dtype=bool)
+    is_record[starts[valued] - 1] = True
+    empty_runs = runs[~valued] // 4
+    if empty_runs.size:  # m empty values from a run's start, 4 bytes apart
+        first = np.repeat(starts[~valued], empty_runs)
+        within = np.arange(empty_runs.sum()) - np.repeat(np.cumsum(empty_runs) - empty_runs, empty_runs)
+        is_record[first + 4 * within] = True
+    records = np.flatnonzero(is_record[:-1])
+    lengths = data[records].astype(np.int64)  # the runs checked the three bytes above each length byte
     if (
         not len(records)
         or records[0] != 0
         or records[-1] + 4 + lengths[-1] != len(data)
         or not np.array_equal(records[1:], records[:-1] + 4 + lengths[:-1])
-        or not ((lengths == 0) | (lengths == width)).all()
     ):
         return None
-    values = np.zeros((len(records), max(width, 1)), dtype=np.uint8)
-    present = lengths > 0
-    values[present, :width] = data[(records[present] + 4)[:, None] + np.arange(width)]
-    return values.view(f"S{max(width, 1)}")[:, 0]
+    return records + 4, lengths
 
 
-def _each_value(buffer: bytes) -> list[bytes]:
-    values, offset, end = [], 0, len(buffer)
-    while offset < end:
+def _records_one_by_one(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    buffer, starts, lengths, offset = data.tobytes(), [], [], 0
+    while offset + 4 <= len(buffer):
         (length,) = _LENGTH.unpack_from(buffer, offset)
-        offset += 4
-        values.append(buffer[offset : offset + length])
-        offset += length
-    return values
-
-
-def _objects(values: list) -> np.ndarray:
-    """A 1-D object array of these values (np.array would make a fixed-width bytes array of them)."""
-    array = np.empty(len(values), dtype=object)
-    array[:] = values
-    return array
+        starts.append(offset + 4)
+        lengths.append(length)
+        offset += 4 + length
+    if offset != len(buffer):
+        raise RuntimeError("a BYTES input's last value runs past its end")
+    return np.array(starts, dtype=np.int64), np.array(lengths, dtype=np.int64)
 
 
 class OnnxModel:
@@ -183,9 +219,8 @@ class TritonPythonModel:
                 from features.online import OnlineReader
 
                 self.online = OnlineReader(FeatureStore(repo_path=str(folder / "feature_repo")), schema)
-            self.inputs = {i["name"]: i["data_type"] for i in config["input"]}
-            self.dense_fields = [name for name, kind in self.inputs.items() if kind == "TYPE_FP32"]
-            pb_utils.deserialize_bytes_tensor = parse_bytes_tensor  # what the stub calls for BYTES inputs
+            self.byte_fields = [i["name"] for i in config["input"] if i["data_type"] == "TYPE_STRING"]
+            pb_utils.deserialize_bytes_tensor = keep_serialized  # what the stub calls for BYTES inputs
 
     def execute(self, requests: list) -> list:
         batches, errors = [], {}
@@ -205,19 +240,22 @@ class TritonPythonModel:
             raise RequestError("empty batch: a request needs at least one row")
         return dense, sparse
 
-    def _columns(self, request) -> dict[str, np.ndarray]:
-        """A request's raw fields, one flat column each, checked."""
+    def _columns(self, request) -> EventRequest:
+        """A request's raw fields, checked: the dense ones as one (rows, n_dense) array, the BYTES ones serialised."""
         columns = {tensor.name(): tensor.as_numpy() for tensor in request.inputs()}
-        if not len(next(iter(columns.values()))):  # Triton refuses missing, unknown and unequal inputs itself
+        rows = len(next(iter(columns.values())))
+        if not rows:  # Triton refuses missing, unknown and unequal inputs itself
             raise RequestError("empty batch: a request needs at least one row")
-        for name in self.dense_fields:
-            infinite = np.flatnonzero(np.isinf(columns[name]))
-            if infinite.size:
-                raise RequestError(
-                    f"field {name!r}, row {infinite[0]}: {columns[name].flat[infinite[0]]} is not allowed: a "
-                    "finite number, or NaN for a missing value"
-                )
-        return {name: values.reshape(-1) for name, values in columns.items()}
+        fields = self.transform.dense
+        dense = np.concatenate([columns[f] for f in fields], axis=1) if fields else np.zeros((rows, 0), np.float32)
+        infinite = np.argwhere(np.isinf(dense))
+        if len(infinite):
+            row, column = infinite[0]
+            raise RequestError(
+                f"field {fields[column]!r}, row {row}: {dense[row, column]} is not allowed: a finite number, or NaN "
+                "for a missing value"
+            )
+        return EventRequest(rows, dense, {name: columns[name] for name in self.byte_fields})
 
     def _score(self, batches: list) -> list:
         """Score the checked requests in one call; should that fail, each on its own, so one failure is one
@@ -231,26 +269,20 @@ class TritonPythonModel:
 
     def _probabilities(self, inputs: list) -> np.ndarray:
         if self.events:
-            columns = dict(inputs[0])
-            if len(inputs) > 1:
-                columns = {name: np.concatenate([c[name] for c in inputs]) for name in self.inputs}
+            rows = sum(request.rows for request in inputs)
+            categorical = byte_columns(self.byte_fields, [request.serialized for request in inputs], rows)
             for key in self.entity_keys:
-                columns |= self._entity_features(key, columns[key])
-            dense, sparse = self.transform.transform_request(columns)
+                categorical |= self.online.read_bytes(key, categorical[key])
+            dense = np.concatenate([request.dense for request in inputs])
+            dense, sparse = self.transform.transform_request(dense, categorical)
         else:
             dense, sparse = (np.concatenate(arrays) for arrays in zip(*inputs))
         return self.network(dense, sparse)
 
-    def _entity_features(self, key: str, values: np.ndarray) -> dict[str, np.ndarray]:
-        """The features of the entities these keys name, as the online store holds them now (b"": unknown)."""
-        distinct, rows = np.unique(values, return_inverse=True)
-        found = self.online.read(key, [v or None for v in distinct])
-        return {feature: _objects([(v or "").encode() for v in got])[rows] for feature, got in found.items()}
-
     def _split(self, batches: list, probability: np.ndarray) -> list:
         answers, start = [], 0
         for index, inputs in batches:
-            rows = len(next(iter(inputs.values()))) if self.events else len(inputs[0])
+            rows = inputs.rows if self.events else len(inputs[0])
             tensor = pb_utils.Tensor(OUTPUT, probability[start : start + rows])
             answers.append((index, pb_utils.InferenceResponse(output_tensors=[tensor])))
             start += rows

@@ -1,4 +1,4 @@
-"""The served Python model's own parts, outside Triton: its BYTES parser against the Python backend's."""
+"""The served Python model's own parts, outside Triton: its BYTES reader against the Python backend's parser."""
 
 from __future__ import annotations
 
@@ -28,40 +28,45 @@ def backend():
 
 values = st.one_of(
     st.lists(st.binary(max_size=12), max_size=40),  # any lengths, NUL bytes included
-    st.integers(1, 9).flatmap(  # one length, or one length and empty values: the fixed-width path
+    st.integers(1, 9).flatmap(  # one length, or one length and empty values: categories as a log holds them
         lambda width: st.lists(st.one_of(st.binary(min_size=width, max_size=width), st.just(b"")), max_size=80)
     ),
+    st.lists(st.binary(min_size=250, max_size=300), max_size=3),  # lengths of two bytes
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(elements=values)
-def test_the_bytes_parser_equals_the_python_backends(backend, elements: list[bytes]) -> None:
-    pb_utils, served = backend
+def serialized(served, elements: list[bytes]):
+    """What the stub hands the model for a BYTES input of these elements: its buffer, kept (`keep_serialized`)."""
     array = np.empty(len(elements), dtype=object)
     array[:] = elements
     buffer = np.frombuffer(serialize_byte_tensor(array).item() if elements else b"", dtype=np.uint8)
-    parsed = served.parse_bytes_tensor(buffer)
-    assert parsed.dtype.kind in "OS" and parsed.shape == (len(elements),)
-    assert list(parsed) == list(pb_utils.deserialize_bytes_tensor(buffer)) == elements
+    return served.keep_serialized(buffer.copy()).reshape([len(elements), 1]), buffer
 
 
-def parsed(served, elements: list[bytes]) -> np.ndarray:
-    array = np.empty(len(elements), dtype=object)
-    array[:] = elements
-    return served.parse_bytes_tensor(np.frombuffer(serialize_byte_tensor(array).item(), dtype=np.uint8))
+@settings(max_examples=300, deadline=None)
+@given(columns=st.lists(values, min_size=1, max_size=3), requests=st.integers(1, 3))
+def test_the_bytes_reader_equals_the_python_backends_parser(backend, columns: list[list[bytes]], requests) -> None:
+    """Several fields of several requests, read at once, give each field's values in request order."""
+    pb_utils, served = backend
+    rows = min(len(c) for c in columns)
+    names = [f"f{k}" for k in range(len(columns))]
+    batch = [  # request r holds rows r, r + requests, ... of each field
+        {name: serialized(served, column[r:rows:requests])[0] for name, column in zip(names, columns)}
+        for r in range(requests)
+    ]
+    read = served.byte_columns(names, batch, sum(len(request[names[0]]) for request in batch))
+    for name, column in zip(names, columns):
+        expected = [v for r in range(requests) for v in column[r:rows:requests]]
+        backends = [
+            v
+            for r in range(requests)
+            for v in pb_utils.deserialize_bytes_tensor(serialized(served, column[r:rows:requests])[1])
+        ]
+        assert read[name].values() == backends == expected
 
 
-def test_a_column_of_one_width_and_missing_values_is_read_as_a_fixed_width_array(backend) -> None:
+def test_a_served_bytes_input_keeps_its_shape_and_buffer(backend) -> None:
     _, served = backend
-    elements = [b"%08x" % k if k % 3 else b"" for k in range(512)]  # Criteo's hashed categories, a third missing
-    column = parsed(served, elements)
-    assert column.dtype == np.dtype("S8") and list(column) == elements
-    for general in (
-        [b"ab\x00"] * 64,  # a NUL in a value: numpy's fixed-width bytes would drop it
-        [b"\x00\x00\x00\x00", b""] * 40,  # NULs that look like an empty value's prefix
-        [b"a", b"bb"] * 40,  # two lengths
-        [b"x" * 300] * 40,  # a length of two bytes
-    ):
-        column = parsed(served, general)
-        assert column.dtype == object and list(column) == general
+    kept, buffer = serialized(served, [b"a", b"", b"ccc"])
+    assert kept.shape == (3, 1) and len(kept) == 3
+    np.testing.assert_array_equal(kept.buffer, buffer)
