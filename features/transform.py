@@ -54,9 +54,12 @@ class ByteColumn:
 
     def words(self) -> np.ndarray:
         """Each value's bytes as a little-endian integer, zeros past its end (the first 8 bytes of a longer one)."""
-        padded = np.zeros(len(self.data) + WORD, dtype=np.uint8)
-        padded[: len(self.data)] = self.data
-        at_every_byte = np.ndarray((len(self.data) + 1,), dtype="<u8", buffer=padded, strides=(1,))
+        if not len(self.starts):
+            return np.zeros(0, dtype=np.uint64)
+        data = self.data
+        if self.starts.max() + WORD > len(data):  # room to read 8 bytes at every start
+            data = np.concatenate((data, np.zeros(WORD, dtype=np.uint8)))
+        at_every_byte = np.ndarray((len(data) - WORD + 1,), dtype="<u8", buffer=data, strides=(1,))
         return at_every_byte[self.starts] & LOW_BYTES[np.minimum(self.lengths, WORD)]
 
     def one_word(self) -> np.ndarray:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 DENSE, SPARSE, OUTPUT = "dense", "sparse", "probability"
 MIN_PART_ROWS = 128  # smaller parts cost more per row than they save
+WORD = 8  # features.transform reads values up to this long as one integer
 MIN_BYTES_READ_AT_ONCE = 1024  # about 80 categories: below this, reading them one by one is faster
 _LENGTH = struct.Struct("<I")
 
@@ -85,8 +86,10 @@ def byte_columns(names: list[str], requests: list[dict[str, Serialized]], rows: 
     order as one ByteColumn over one shared buffer."""
     from features.transform import ByteColumn  # the copy beside this file, on the path once `initialize` ran
 
-    data = np.concatenate([request[name].buffer for name in names for request in requests])
-    starts, lengths = _records(data) if len(data) else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    buffers = [request[name].buffer for name in names for request in requests]
+    data = np.concatenate([*buffers, np.zeros(WORD, dtype=np.uint8)])  # room to read any value as 8 bytes
+    serialized = data[:-WORD]
+    starts, lengths = _records(serialized) if len(serialized) else (np.zeros(0, np.int64), np.zeros(0, np.int64))
     if len(starts) != rows * len(names):  # Triton checks each input's count itself
         raise RuntimeError(f"the BYTES inputs hold {len(starts)} values, not {rows} rows of {len(names)} fields")
     return {
@@ -113,20 +116,15 @@ def _records_from_zeros(data: np.ndarray) -> tuple[np.ndarray, np.ndarray] | Non
     edges = np.flatnonzero(zero[1:] != zero[:-1])
     starts, runs = edges[0::2], edges[1::2] - edges[0::2]
     valued = runs == 3
-    if not (valued | (runs % 4 == 0)).all() or (valued & (starts == 0)).any():
+    if not len(runs) or not (valued | (runs % 4 == 0)).all() or (valued & (starts == 0)).any():
         return None
-    is_record = np.zeros(len(data) + 1, dtype=bool)
-    is_record[starts[valued] - 1] = True
-    empty_runs = runs[~valued] // 4
-    if empty_runs.size:  # m empty values from a run's start, 4 bytes apart
-        first = np.repeat(starts[~valued], empty_runs)
-        within = np.arange(empty_runs.sum()) - np.repeat(np.cumsum(empty_runs) - empty_runs, empty_runs)
-        is_record[first + 4 * within] = True
-    records = np.flatnonzero(is_record[:-1])
+    count = np.where(valued, 1, runs // 4)  # records a run marks, in the buffer's order
+    first = np.where(valued, starts - 1, starts)  # a value's length byte; an empty run's first empty value
+    before = np.cumsum(count) - count
+    records = np.repeat(first, count) + 4 * (np.arange(before[-1] + count[-1]) - np.repeat(before, count))
     lengths = data[records].astype(np.int64)  # the runs checked the three bytes above each length byte
     if (
-        not len(records)
-        or records[0] != 0
+        records[0] != 0
         or records[-1] + 4 + lengths[-1] != len(data)
         or not np.array_equal(records[1:], records[:-1] + 4 + lengths[:-1])
     ):
