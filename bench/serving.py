@@ -13,7 +13,8 @@ ids in, for the same model on the same rows, in one run.
 4. Entity lookups inside the server, the options side by side at 1 and 512 rows: the direct read through the
    Feast pinned in the serving runtime (what the served model does), Feast's own feature server (`feast serve`)
    called over HTTP, and Feast's SDK (`get_online_features`) in the project's environment; all return the same
-   values.
+   values. The third way to run Feast inside Triton, its `EXECUTION_ENV_PATH` pointed at the project's
+   environment (Feast 0.67, numpy 2), is tried on both endpoints: whether each answers.
 
     python -m bench.serving [--json PATH] [--seeds 1 37] [--work-dir DIR]
 
@@ -50,13 +51,14 @@ from features.ingest import IngestResult, OnlineFeatures, SplitSpec, ingest
 from features.loader import SplitLoader
 from features.readers import EVENT_ID, EVENT_TIMESTAMP
 from features.schema import builtin_schema
+from features.transform import FeatureTransform
 from model.sampling import ArchitectureSampler
 from model.space import get_space
 from model.trainer import load_model
 from serving.client import CTRClient, infer_inputs, log_rows
 from serving.export import CTRProbability, export_model, onnx_session
 from serving.interface import OUTPUT, default_model_name
-from serving.repository import ServingConfig, add_version, ids_model
+from serving.repository import ServingConfig, add_version, ids_model, read_config, write_config
 from serving.server import TritonRuntime, TritonServer, free_port
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -309,7 +311,41 @@ def avazu_triton(data: IngestResult, work: Path, args: argparse.Namespace) -> di
             label = f"Avazu events in (entity lookups in the server), batch {size}"
             figures[f"events_batch_{size}"] = server_latency(server, model, client.inputs(rows[:size]), requests, label)
     figures["entity_lookups"] = entity_lookup_options(data, repository / model / "1", rows, args)
+    figures["entity_lookups"]["execution_env"] = execution_env_option(repository, model, work, rows)
     return figures
+
+
+def execution_env_option(repository: Path, model: str, work: Path, rows: list[dict]) -> dict:
+    """The third option: both endpoints of the same version run by Triton in the project's own environment
+    (`EXECUTION_ENV_PATH`: the Feast that writes the store, numpy 2) instead of the serving runtime. Each is asked
+    for two rows once; the answer, or the error, is recorded."""
+    copy = work / "execution_env_repository"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(repository, copy)
+    for name in (model, ids_model(model)):
+        config = read_config(copy / name / "config.pbtxt")
+        config.parameters["EXECUTION_ENV_PATH"].string_value = sys.prefix
+        write_config(copy / name / "config.pbtxt", config)
+    categorical = len(FeatureTransform.load(copy / model / "1" / "transform.json").categorical)
+    ids = infer_inputs(np.zeros((2, 1), np.float32), np.ones((2, categorical), np.int64))
+    figures: dict = {}
+    with (
+        TritonServer(copy) as server,
+        CTRClient(server.url, model) as client,
+        grpcclient.InferenceServerClient(server.url) as plain,
+    ):
+        asks = {
+            "events": lambda: client.predict(rows[:2]),
+            "ids": lambda: plain.infer(ids_model(model), ids).as_numpy(OUTPUT).reshape(2, 1),
+        }
+        for endpoint, ask in asks.items():
+            try:
+                figures[endpoint] = {"answered": True, "probabilities": ask().ravel().tolist()}
+            except Exception as error:  # the finding is the error itself
+                figures[endpoint] = {"answered": False, "error": str(error)}
+    shown = "; ".join(f"{e} {'answered' if f['answered'] else 'failed: ' + f['error']}" for e, f in figures.items())
+    print(f"Triton's EXECUTION_ENV_PATH set to the project's environment ({sys.prefix}): {shown}", flush=True)
+    return {"environment": sys.prefix, **figures}
 
 
 def entity_lookup_options(data: IngestResult, version: Path, rows: list[dict], args: argparse.Namespace) -> dict:
