@@ -52,6 +52,10 @@ class ByteColumn:
         view = memoryview(self.data)
         return [bytes(view[s : s + n]) for s, n in zip(self.starts.tolist(), self.lengths.tolist())]
 
+    def value(self, at: int) -> bytes:
+        start = int(self.starts[at])
+        return self.data[start : start + int(self.lengths[at])].tobytes()
+
     def words(self) -> np.ndarray:
         """Each value's bytes as a little-endian integer, zeros past its end (the first 8 bytes of a longer one)."""
         if not len(self.starts):
@@ -93,11 +97,8 @@ class VocabularyTable:
         ids = np.concatenate([np.arange(1, len(e) + 1) for e in entries]) if entries else np.zeros(0, np.int64)
         joined = _joined(entries) if entries else ByteColumn.of([])
         word, one_word = joined.words(), joined.one_word()
-        self.others = {
-            (int(c), v): int(i)
-            for c, v, i, keep in zip(column, joined.values(), ids, ~one_word & (joined.lengths > 0))
-            if keep
-        }
+        others = np.flatnonzero(~one_word & (joined.lengths > 0)).tolist()
+        self.others = {(int(column[k]), joined.value(k)): int(ids[k]) for k in others}
         self._build(column[one_word], word[one_word], ids[one_word], len(entries))
 
     def _build(self, column: np.ndarray, word: np.ndarray, ids: np.ndarray, columns: int) -> None:
@@ -145,9 +146,7 @@ class VocabularyTable:
             todo, slot, key, column_of = todo[going], slot[going], key[going], column_of[going]
         if self.others:
             for at in np.flatnonzero(~one_word & (values.lengths > 0)).tolist():
-                start = int(values.starts[at])
-                value = values.data[start : start + int(values.lengths[at])].tobytes()
-                found[at] = self.others.get((int(column[at]), value), 0)
+                found[at] = self.others.get((int(column[at]), values.value(at)), 0)
         return found
 
 

@@ -16,9 +16,10 @@ beside it.
   network.
 
 Each request of a dynamic batch is checked on its own: a bad one gets its own error response and the others
-are answered. The requests that pass are scored together in one call; a large batch is cut into parts run at
-once on a thread pool (ONNX Runtime releases the GIL), because on this graph of many small operators that
-uses a second core far better than intra-op threads do.
+are answered. The requests that pass are scored together in one call: their BYTES inputs, which the stub hands
+over still serialised (`keep_serialized`), are read at once, every vocabulary is looked up at once, and a large
+batch is cut into parts run at once on a thread pool (ONNX Runtime releases the GIL), because on this graph of
+many small operators that uses a second core far better than intra-op threads do.
 """
 
 from __future__ import annotations
