@@ -19,15 +19,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features import compiled
 from features.schema import DatasetSchema
 
 FORMAT_VERSION = 1
 LABEL = "label"  # the label column of model-ready splits
 SMALL_INPUT = 2048  # rows up to which vocabulary lookups use a Python dict
 HASH_KEY = "nasrec-features0"  # 16 bytes: a fixed key makes hashes equal across processes and machines
-WORD = 8  # request values up to this many bytes are looked up as one integer
-LOW_BYTES = np.array([(1 << (8 * n)) - 1 for n in range(WORD)] + [2**64 - 1], dtype=np.uint64)  # by length
-FIBONACCI = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio: spreads integers over a table's slots
 
 
 @dataclass(frozen=True)
@@ -56,21 +54,6 @@ class ByteColumn:
         start = int(self.starts[at])
         return self.data[start : start + int(self.lengths[at])].tobytes()
 
-    def words(self) -> np.ndarray:
-        """Each value's bytes as a little-endian integer, zeros past its end (the first 8 bytes of a longer one)."""
-        if not len(self.starts):
-            return np.zeros(0, dtype=np.uint64)
-        data = self.data
-        if self.starts.max() + WORD > len(data):  # room to read 8 bytes at every start
-            data = np.concatenate((data, np.zeros(WORD, dtype=np.uint8)))
-        at_every_byte = np.ndarray((len(data) - WORD + 1,), dtype="<u8", buffer=data, strides=(1,))
-        return at_every_byte[self.starts] & LOW_BYTES[np.minimum(self.lengths, WORD)]
-
-    def one_word(self) -> np.ndarray:
-        """Where a value is one integer: 1 to 8 bytes, the last not NUL (as an integer, a trailing NUL is lost)."""
-        last = self.data[np.maximum(self.starts + self.lengths - 1, 0)] if len(self.data) else 0
-        return (self.lengths >= 1) & (self.lengths <= WORD) & (last != 0)
-
 
 def _joined(columns: Sequence[ByteColumn]) -> ByteColumn:
     """Columns as one, over one buffer (none copied when they share one)."""
@@ -84,69 +67,47 @@ def _joined(columns: Sequence[ByteColumn]) -> ByteColumn:
 
 class VocabularyTable:
     """Every vocabulary of a transform in one open-addressing hash table, so a served request's values of all
-    columns are looked up in a few vectorised steps, whatever the batch.
+    columns are looked up in one compiled pass (`features.compiled`), whatever the batch.
 
-    A value of one word (see `ByteColumn.one_word`) is keyed by its integer XOR a salt of its column; the table
-    (linear probing, at most a quarter full) holds the key, the column and the id, and a lookup matches both, so a
-    key that two columns share finds each column's own id. Other values go through a dict.
+    A value of one word (1 to 8 bytes, the last not NUL) is keyed by its bytes as an integer XOR a salt of its
+    column; the table (linear probing, at most a quarter full) holds the key, the column and the id, and a lookup
+    matches both, so a key that two columns share finds each column's own id. Other values go through a dict.
     """
 
     def __init__(self, vocabularies: Sequence[tuple[str, ...]]):
-        entries = [ByteColumn.of([v.encode() for v in vocabulary]) for vocabulary in vocabularies]
-        column = np.repeat(np.arange(len(entries)), [len(e) for e in entries])
-        ids = np.concatenate([np.arange(1, len(e) + 1) for e in entries]) if entries else np.zeros(0, np.int64)
-        joined = _joined(entries) if entries else ByteColumn.of([])
-        word, one_word = joined.words(), joined.one_word()
-        others = np.flatnonzero(~one_word & (joined.lengths > 0)).tolist()
-        self.others = {(int(column[k]), joined.value(k)): int(ids[k]) for k in others}
-        self._build(column[one_word], word[one_word], ids[one_word], len(entries))
-
-    def _build(self, column: np.ndarray, word: np.ndarray, ids: np.ndarray, columns: int) -> None:
+        entries = ByteColumn.of([v.encode() for vocabulary in vocabularies for v in vocabulary])
+        column = np.repeat(np.arange(len(vocabularies)), [len(v) for v in vocabularies])
+        ids = np.concatenate([np.arange(1, len(v) + 1) for v in vocabularies] or [np.zeros(0, np.int64)])
         # salts keep the columns' common values (such as "1") from crowding into one run of slots
-        self.salts = np.random.default_rng(0).integers(0, 2**63, max(columns, 1), dtype=np.int64).astype(np.uint64)
-        key = word ^ self.salts[column]
-        bits = max(4, int(np.ceil(np.log2(4 * max(len(key), 1)))))
-        self.shift, self.mask = np.uint64(64 - bits), (1 << bits) - 1
+        self.salts = np.random.default_rng(0).integers(0, 2**63, max(len(vocabularies), 1)).astype(np.uint64)
+        keys, one_word = compiled.one_word_keys(entries.data, entries.starts, entries.lengths, column, self.salts)
+        others = np.flatnonzero(~one_word & (entries.lengths > 0)).tolist()
+        self.others = {(int(column[k]), entries.value(k)): int(ids[k]) for k in others}
+        bits = max(4, int(np.ceil(np.log2(4 * max(int(one_word.sum()), 1)))))
+        self.shift = np.uint64(64 - bits)
         self.keys = np.zeros(1 << bits, dtype=np.uint64)
         self.columns = np.full(1 << bits, -1, dtype=np.int64)
         self.ids = np.zeros(1 << bits, dtype=np.int64)  # 0: an empty slot
-        pending, home, self.longest_probe = np.arange(len(key)), self._home(key), 0
-        while True:  # each round, every free slot asked for takes its first asker; the others try the next slot
-            slot = (home[pending] + self.longest_probe) & self.mask
-            free = np.flatnonzero(self.ids[slot] == 0)
-            taken, first = np.unique(slot[free], return_index=True)
-            placed = pending[free[first]]
-            self.keys[taken], self.columns[taken], self.ids[taken] = key[placed], column[placed], ids[placed]
-            pending = np.delete(pending, free[first])
-            if not len(pending):
-                break
-            self.longest_probe += 1
-
-    def _home(self, key: np.ndarray) -> np.ndarray:
-        return (key * FIBONACCI >> self.shift).astype(np.intp)
+        self.longest_probe = compiled.insert(
+            self.keys, self.columns, self.ids, keys[one_word], column[one_word], ids[one_word], self.shift
+        )
 
     def ids_of(self, column: np.ndarray, values: ByteColumn) -> np.ndarray:
         """The id of each value of `values` in the vocabulary `column` names (0: missing or unseen)."""
-        one_word = values.one_word()
-        key = values.words() ^ self.salts[column]
-        slot = self._home(key)
-        ids = self.ids[slot]
-        hit = one_word & (self.keys[slot] == key) & (self.columns[slot] == column)
-        found = np.where(hit, ids, 0)
-        todo = np.flatnonzero(one_word & ~hit & (ids != 0))  # an occupied slot: the key may lie further on
-        slot, key, column_of = slot[todo], key[todo], column[todo]
-        for _ in range(self.longest_probe):
-            if not len(todo):
-                break
-            slot = (slot + 1) & self.mask
-            ids = self.ids[slot]
-            hit = (self.keys[slot] == key) & (self.columns[slot] == column_of)
-            found[todo[hit]] = ids[hit]
-            going = ~hit & (ids != 0)
-            todo, slot, key, column_of = todo[going], slot[going], key[going], column_of[going]
-        if self.others:
-            for at in np.flatnonzero(~one_word & (values.lengths > 0)).tolist():
-                found[at] = self.others.get((int(column[at]), values.value(at)), 0)
+        found = compiled.probe(
+            values.data,
+            values.starts,
+            values.lengths,
+            column,
+            self.salts,
+            self.keys,
+            self.columns,
+            self.ids,
+            self.shift,
+            self.longest_probe,
+        )
+        for at in np.flatnonzero(found == compiled.IN_DICT).tolist():
+            found[at] = self.others.get((int(column[at]), values.value(at)), 0)
         return found
 
 

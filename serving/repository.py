@@ -43,7 +43,13 @@ CONFIG_FILE = "config.pbtxt"
 BUNDLE_FILES = ("transform.json", "schema.yaml", "export.json")  # beside the events model in each version
 PYTHON_MODEL = Path(__file__).with_name("triton_model.py")
 FEATURES_PACKAGE = Path(__file__).resolve().parents[1] / "features"
-FEATURE_MODULES = ("__init__.py", "schema.py", "transform.py", "online.py")  # what the events model imports
+FEATURE_MODULES = (
+    "__init__.py",
+    "schema.py",
+    "compiled.py",
+    "transform.py",
+    "online.py",
+)  # what the events model imports
 FEATURE_REPO = "feature_repo"  # in an events version of a schema with entities: the online store it reads
 CANDIDATE_SUFFIX = "__candidate"
 INPUTS_PARAMETER = "nasrec_inputs"  # "events" or "ids": which endpoint the Python model is

@@ -25,7 +25,6 @@ many small operators that uses a second core far better than intra-op threads do
 from __future__ import annotations
 
 import json
-import struct
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,9 +40,6 @@ if TYPE_CHECKING:
 
 DENSE, SPARSE, OUTPUT = "dense", "sparse", "probability"
 MIN_PART_ROWS = 128  # smaller parts cost more per row than they save
-WORD = 8  # features.transform reads values up to this long as one integer
-MIN_BYTES_READ_AT_ONCE = 1024  # about 80 categories: below this, reading them one by one is faster
-_LENGTH = struct.Struct("<I")
 
 
 class RequestError(ValueError):
@@ -84,65 +80,18 @@ class Serialized(np.ndarray):
 
 def byte_columns(names: list[str], requests: list[dict[str, Serialized]], rows: int) -> dict[str, ByteColumn]:
     """The BYTES inputs `names` of a batch's requests (`rows` rows in all), each field's values of every request in
-    order as one ByteColumn over one shared buffer."""
-    from features.transform import ByteColumn  # the copy beside this file, on the path once `initialize` ran
+    order as one ByteColumn over one shared buffer, read in one compiled pass."""
+    from features.compiled import length_prefixed  # the copies beside this file, on the path once `initialize` ran
+    from features.transform import ByteColumn
 
-    buffers = [request[name].buffer for name in names for request in requests]
-    data = np.concatenate([*buffers, np.zeros(WORD, dtype=np.uint8)])  # room to read any value as 8 bytes
-    serialized = data[:-WORD]
-    starts, lengths = _records(serialized) if len(serialized) else (np.zeros(0, np.int64), np.zeros(0, np.int64))
-    if len(starts) != rows * len(names):  # Triton checks each input's count itself
-        raise RuntimeError(f"the BYTES inputs hold {len(starts)} values, not {rows} rows of {len(names)} fields")
+    data = np.concatenate([request[name].buffer for name in names for request in requests])
+    starts, lengths, whole = length_prefixed(data)
+    if not whole or len(starts) != rows * len(names):  # Triton checks each input itself
+        raise RuntimeError(f"the BYTES inputs do not hold {rows} rows of {len(names)} fields")
     return {
         name: ByteColumn(data, starts[k * rows : (k + 1) * rows], lengths[k * rows : (k + 1) * rows])
         for k, name in enumerate(names)
     }
-
-
-def _records(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where each value of serialised BYTES starts, and its length: read from the zero bytes at once when no value
-    holds a NUL byte and none is 256 bytes or longer (a category's text), else one record after another (also
-    when there are too few to pay for the vectorised steps)."""
-    found = _records_from_zeros(data) if len(data) >= MIN_BYTES_READ_AT_ONCE else None
-    return found if found is not None else _records_one_by_one(data)
-
-
-def _records_from_zeros(data: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """When no value holds a NUL byte, the buffer's zero bytes are exactly its length prefixes' zeros: a value's
-    prefix `[w, 0, 0, 0]` (0 < w < 256) leaves a run of three after its length byte, an empty value's `[0, 0, 0, 0]`
-    four, and m empty values in a row a run of 4m. The records read off the zero runs are kept only if they tile the
-    whole buffer, each starting where the one before ends: that tiling is the buffer's one parse, and it has no
-    room for a NUL inside a value. None when that fails."""
-    zero = np.concatenate(([False], data == 0, [False]))
-    edges = np.flatnonzero(zero[1:] != zero[:-1])
-    starts, runs = edges[0::2], edges[1::2] - edges[0::2]
-    valued = runs == 3
-    if not len(runs) or not (valued | (runs % 4 == 0)).all() or (valued & (starts == 0)).any():
-        return None
-    count = np.where(valued, 1, runs // 4)  # records a run marks, in the buffer's order
-    first = np.where(valued, starts - 1, starts)  # a value's length byte; an empty run's first empty value
-    before = np.cumsum(count) - count
-    records = np.repeat(first, count) + 4 * (np.arange(before[-1] + count[-1]) - np.repeat(before, count))
-    lengths = data[records].astype(np.int64)  # the runs checked the three bytes above each length byte
-    if (
-        records[0] != 0
-        or records[-1] + 4 + lengths[-1] != len(data)
-        or not np.array_equal(records[1:], records[:-1] + 4 + lengths[:-1])
-    ):
-        return None
-    return records + 4, lengths
-
-
-def _records_one_by_one(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    buffer, starts, lengths, offset = data.tobytes(), [], [], 0
-    while offset + 4 <= len(buffer):
-        (length,) = _LENGTH.unpack_from(buffer, offset)
-        starts.append(offset + 4)
-        lengths.append(length)
-        offset += 4 + length
-    if offset != len(buffer):
-        raise RuntimeError("a BYTES input's last value runs past its end")
-    return np.array(starts, dtype=np.int64), np.array(lengths, dtype=np.int64)
 
 
 class OnnxModel:

@@ -48,7 +48,7 @@ def test_the_local_variant_serves_raw_events_and_ids_as_python_backend_models(
         "schema.yaml",
         "transform.json",
     ]
-    modules = ["__init__.py", "online.py", "schema.py", "transform.py"]
+    modules = ["__init__.py", "compiled.py", "online.py", "schema.py", "transform.py"]
     assert sorted(p.name for p in (folder / "features").iterdir()) == modules
     assert not (folder / "feature_repo").exists()  # Criteo has no entities: no online store to read
     assert sorted(p.name for p in (tmp_path / "ctr_ids" / "1").iterdir()) == ["export.json", "model.onnx", "model.py"]
