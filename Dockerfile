@@ -25,9 +25,9 @@ COPY features ./features
 COPY serving ./serving
 COPY components ./components
 COPY pipelines ./pipelines
-RUN pip install . && useradd --create-home --uid 1000 nasrec
+RUN pip install . && useradd --create-home --uid 10001 nasrec
 
-USER 1000
+USER 10001
 WORKDIR /home/nasrec
 ENTRYPOINT []
 CMD ["nasrec", "--help"]

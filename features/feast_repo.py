@@ -2,12 +2,16 @@
 
 One typed event table (the offline source) feeds one event-level feature view keyed by event_id, and one
 feature view per entity (e.g. Avazu's device, site, app) keyed by the entity's column. `feature_store.yaml`
-is the local default (DuckDB offline store, SQLite online store); `feature_store.production.yaml` shows the
-cluster setting (Redis online store, Spark offline store) for the same definitions.
+is the local default (DuckDB offline store, SQLite online store); `feature_store.production.yaml` is the cluster
+setting for the same definitions: the registry on the shared data volume, the Redis online store, and the same
+DuckDB offline store (Feast's Spark store would need a SparkSource, not the FileSource here).
+k8s/base/common/feature_store.yaml is its serving part for any project. The definitions find the event table
+relative to themselves, so a repo moved with its data (an artifact, a volume) still reads it.
 """
 
 from __future__ import annotations
 
+import os
 import runpy
 from pathlib import Path
 
@@ -44,11 +48,16 @@ def local_config(schema: DatasetSchema) -> dict:
 
 
 def production_config(project: str) -> dict:
+    """Feast fills in ${...} from the environment of the pod that reads it (see k8s/)."""
     return {
         "project": project,
-        "registry": {"registry_type": "sql", "path": "${FEAST_REGISTRY_URL}", "cache_ttl_seconds": 60},
+        "registry": {
+            "registry_type": "file",
+            "path": f"${{FEAST_REGISTRY_ROOT}}/{project}/registry.db",
+            "cache_ttl_seconds": 60,
+        },
         "provider": "local",
-        "offline_store": {"type": "spark", "spark_conf": {"spark.master": "${SPARK_MASTER}"}},
+        "offline_store": {"type": "duckdb"},
         "online_store": {"type": "redis", "connection_string": "${REDIS_CONNECTION_STRING}"},
         "entity_key_serialization_version": 3,
     }
@@ -73,7 +82,8 @@ def serving_config(repo: Path, variant: str) -> dict:
 
 
 def render_definitions(schema: DatasetSchema, source_path: Path) -> str:
-    """Flat Feast definitions in dependency order: entities, source, feature views, feature service."""
+    """Flat Feast definitions in dependency order: entities, source (`source_path`, relative to the repo), feature
+    views, feature service."""
     name = schema.name
     dense = set(schema.dense)
 
@@ -86,6 +96,8 @@ def render_definitions(schema: DatasetSchema, source_path: Path) -> str:
         f"# Generated from dataset schema {name!r} by features.feast_repo: regenerate rather than edit.",
         "from datetime import timedelta",
         "",
+        "from pathlib import Path",
+        "",
         "from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType",
         "from feast.types import Float32, String",
         "",
@@ -97,7 +109,9 @@ def render_definitions(schema: DatasetSchema, source_path: Path) -> str:
     ]
     lines += [
         "",
-        f'{name}_source = FileSource(name="{name}_source", path="{source_path}", timestamp_field="{EVENT_TIMESTAMP}")',
+        "# The event table, found beside this repo wherever the two are moved together",
+        f'EVENTS = str((Path(__file__).parent / "{source_path.as_posix()}").resolve())',
+        f'{name}_source = FileSource(name="{name}_source", path=EVENTS, timestamp_field="{EVENT_TIMESTAMP}")',
     ]
     entity_of = {EVENT_ID: "event"} | {e.key: e.name for e in schema.entities}
     features_of = {EVENT_ID: event_features} | {e.key: list(e.features) for e in schema.entities}
@@ -125,10 +139,10 @@ def write_repo(schema: DatasetSchema, repo: Path, source_path: Path) -> None:
     (repo / "data").mkdir(parents=True, exist_ok=True)
     (repo / "feature_store.yaml").write_text(yaml.safe_dump(local_config(schema), sort_keys=False))
     (repo / "feature_store.production.yaml").write_text(
-        "# Cluster setting: the same definitions over Redis (online) and Spark (offline).\n"
+        "# Cluster setting: the same definitions, the registry on the data volume, Redis online.\n"
         + yaml.safe_dump(production_config(schema.name), sort_keys=False)
     )
-    (repo / DEFINITIONS).write_text(render_definitions(schema, source_path.resolve()))
+    (repo / DEFINITIONS).write_text(render_definitions(schema, Path(os.path.relpath(source_path, repo))))
     (repo / ".feastignore").write_text("data/\n*.yaml\n")
 
 

@@ -106,7 +106,9 @@ def test_feature_repo_files(ingested):
     text = (repo / "feature_store.yaml").read_text()
     assert "duckdb" in text and "sqlite" in text
     production = (repo / "feature_store.production.yaml").read_text()
-    assert "redis" in production and "spark" in production
+    assert "redis" in production and "duckdb" in production
+    assert '"../offline/events.parquet"' in (repo / "definitions.py").read_text()  # moves with the repo
+    assert str(repo.parent) not in (repo / "definitions.py").read_text()
     definitions = (repo / "definitions.py").read_text()
     assert f"{name}_event_fv" in definitions and f"{name}_service_v1" in definitions
     for entity in builtin_schema(name).entities:
