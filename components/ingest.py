@@ -18,8 +18,8 @@ def ingest(
     metrics: Output[Metrics],
 ):
     """Ingest raw log files through Feast. `folds` (a row,fold file; empty: split by time) picks the split.
-    `data_digest` (of the files' names, sizes and times) makes changed files a new cache key, and
-    `code_digest` (of the project's source) makes a code change a new cache key."""
+    `data_digest` (the fingerprint step's) makes changed files a new cache key, and `code_digest` (of the
+    project's source) makes a code change a new cache key."""
     from pathlib import Path
 
     from components.artifacts import log_metrics, step_log

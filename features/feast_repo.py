@@ -24,6 +24,8 @@ from features.readers import EVENT_ID, EVENT_TIMESTAMP
 from features.schema import DatasetSchema
 
 DEFINITIONS = "definitions.py"
+LOCAL_CONFIG = "feature_store.yaml"
+PRODUCTION_CONFIG = "feature_store.production.yaml"
 
 
 def feature_service_name(schema: DatasetSchema) -> str:
@@ -67,7 +69,7 @@ def serving_config(repo: Path, variant: str) -> dict:
     """The feature_store.yaml a served model reads entity features with: the registry and the online store alone
     (the serving runtime's Feast loads no offline store), at absolute paths of `repo` locally, or the production
     settings, which Feast fills in from the serving pod's environment."""
-    local = yaml.safe_load((Path(repo) / "feature_store.yaml").read_text())
+    local = yaml.safe_load((Path(repo) / LOCAL_CONFIG).read_text())
     if variant == "production":
         return {k: v for k, v in production_config(local["project"]).items() if k != "offline_store"}
     online = dict(local["online_store"])
@@ -137,8 +139,8 @@ def render_definitions(schema: DatasetSchema, source_path: Path) -> str:
 def write_repo(schema: DatasetSchema, repo: Path, source_path: Path) -> None:
     """Write feature_store.yaml, the production variant and the generated definitions into `repo`."""
     (repo / "data").mkdir(parents=True, exist_ok=True)
-    (repo / "feature_store.yaml").write_text(yaml.safe_dump(local_config(schema), sort_keys=False))
-    (repo / "feature_store.production.yaml").write_text(
+    (repo / LOCAL_CONFIG).write_text(yaml.safe_dump(local_config(schema), sort_keys=False))
+    (repo / PRODUCTION_CONFIG).write_text(
         "# Cluster setting: the same definitions, the registry on the data volume, Redis online.\n"
         + yaml.safe_dump(production_config(schema.name), sort_keys=False)
     )
@@ -146,13 +148,18 @@ def write_repo(schema: DatasetSchema, repo: Path, source_path: Path) -> None:
     (repo / ".feastignore").write_text("data/\n*.yaml\n")
 
 
-def apply_repo(repo: Path) -> FeatureStore:
+def open_store(repo: Path, config: str = LOCAL_CONFIG) -> FeatureStore:
+    """The repo's store as `config` (LOCAL_CONFIG or PRODUCTION_CONFIG) sets it up."""
+    return FeatureStore(repo_path=str(repo), fs_yaml_file=Path(repo) / config)
+
+
+def apply_repo(repo: Path, config: str = LOCAL_CONFIG) -> FeatureStore:
     """Register the repo's generated definitions (what `feast apply` in the repo does) and return the store.
 
     The file is executed by path rather than imported, so repos of several datasets in one process do not
     share a cached module.
     """
-    store = FeatureStore(repo_path=str(repo))
+    store = open_store(repo, config)
     namespace = runpy.run_path(str(repo / DEFINITIONS))
     kinds = (Entity, DataSource, FeatureView, FeatureService)
     store.apply([obj for obj in namespace.values() if isinstance(obj, kinds)])

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureStore
 
-from features.feast_repo import apply_repo, feature_service_name, view_keys, write_repo
+from features.feast_repo import LOCAL_CONFIG, apply_repo, feature_service_name, open_store, view_keys, write_repo
 from features.online import OnlineReader
 from features.prefetch import prefetch
 from features.readers import EVENT_ID, EVENT_TIMESTAMP, IngestError, RawReader
@@ -198,13 +198,14 @@ def write_model_ready(frame: pd.DataFrame, transform: FeatureTransform, schema: 
 class OnlineFeatures:
     """Online lookups through Feast's online store, returned model-ready (the same transform as training), and
     materialisation into it. Reads go through `features.online.OnlineReader`: once per distinct key, and only for
-    the views whose keys are given.
+    the views whose keys are given. `config` picks the repo's setting: LOCAL_CONFIG (SQLite), or PRODUCTION_CONFIG
+    (Redis, and the registry under $FEAST_REGISTRY_ROOT).
     """
 
-    def __init__(self, repo: Path, schema: DatasetSchema, transform: FeatureTransform):
+    def __init__(self, repo: Path, schema: DatasetSchema, transform: FeatureTransform, config: str = LOCAL_CONFIG):
         self.schema = schema
         self.transform = transform
-        store = FeatureStore(repo_path=str(repo))
+        store = open_store(repo, config)
         service = store.get_feature_service(feature_service_name(schema))
         features = {p.name: [f.name for f in p.features] for p in service.feature_view_projections}
         # join key -> (its feature view, the features it unlocks)

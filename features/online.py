@@ -49,7 +49,8 @@ class OnlineReader:
         distinct = list(dict.fromkeys(v for v in values if v is not None))
         as_value = _int_value if any(c.name == key and c.dtype == Int64 for c in view.entity_columns) else _str_value
         entity_keys = [EntityKeyProto(join_keys=[key], entity_values=[as_value(v)]) for v in distinct]
-        read = self._provider.online_read(self.store.config, view, entity_keys, features) if distinct else []
+        # a copy: the Redis store appends its timestamp keys to the list it is given
+        read = self._provider.online_read(self.store.config, view, entity_keys, list(features)) if distinct else []
         by_key = {v: record or {} for v, (_, record) in zip(distinct, read)}
         return {f: [_python_value(by_key.get(v, {}).get(f)) for v in values] for f in features}
 

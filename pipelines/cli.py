@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pipelines import COMPILED_PIPELINE
-from pipelines.cluster import DEFAULT_EXPERIMENT, DEFAULT_JOB_NAME
+from pipelines.cluster import DEFAULT_EXPERIMENT, DEFAULT_JOB_NAME, EXIT_GATE_REFUSED, EXIT_RUN_FAILED, EXIT_TIMED_OUT
 from pipelines.local import PipelineStepError
 from serving.errors import SERVING_ERRORS
 from serving.interface import MODEL_PREFIX
@@ -227,17 +227,25 @@ def cmd_pipeline_run_local(args: argparse.Namespace) -> None:
     serve_held_out(run, args.rows, args.serve)
 
 
-def cmd_pipeline_submit(args: argparse.Namespace) -> None:
-    from pipelines.cluster import submit
+def _submission(args: argparse.Namespace):
+    from pipelines.cluster import Submission
 
-    result = submit(args.host, _pipeline_parameters(args), args.experiment, args.run_name, args.package)
-    print(f"submitted run {result.run_id} to {args.host} (experiment {args.experiment!r})")
+    return Submission(args.host, args.experiment, args.package, args.image_tag)
+
+
+def cmd_pipeline_submit(args: argparse.Namespace) -> None:
+    from pipelines.cluster import follow, submit
+
+    result = submit(_submission(args), _pipeline_parameters(args), args.run_name)
+    print(f"submitted run {result.run_id} to {args.host} (experiment {args.experiment!r})", flush=True)
+    if args.wait:
+        sys.exit(follow(args.host, result.run_id, args.timeout * 60))
 
 
 def cmd_pipeline_schedule(args: argparse.Namespace) -> None:
     from pipelines.cluster import schedule
 
-    recurring = schedule(args.host, args.cron, _pipeline_parameters(args), args.experiment, args.job_name, args.package)
+    recurring = schedule(_submission(args), args.cron, _pipeline_parameters(args), args.job_name)
     print(f"scheduled {args.job_name!r} ({recurring.recurring_run_id}) on {args.host}: cron {args.cron!r}")
 
 
@@ -418,9 +426,21 @@ def _pipeline_commands(sub) -> None:
         remote.add_argument(
             "--package", type=Path, default=COMPILED_PIPELINE, help="the compiled pipeline (default: ours)"
         )
+        remote.add_argument(
+            "--image-tag",
+            help="run the project's images tagged TAG-cpu and TAG-cuda, e.g. the commit they were built from "
+            "(default: the package's, the project version)",
+        )
         _parameter_options(remote)
         if name == "submit":
             remote.add_argument("--run-name", help="(default: the pipeline's name and the time)")
+            remote.add_argument(
+                "--wait",
+                action="store_true",
+                help=f"follow the run to its end; exit 0 when it deployed, {EXIT_GATE_REFUSED} when the quality gate "
+                f"refused the model, {EXIT_RUN_FAILED} when the run failed, {EXIT_TIMED_OUT} after --timeout",
+            )
+            remote.add_argument("--timeout", type=float, default=720, help="--wait's limit in minutes (default: 720)")
             remote.set_defaults(func=cmd_pipeline_submit)
         else:
             remote.add_argument("--cron", required=True, help="e.g. '0 3 * * *' (5 fields; 6 with seconds first)")

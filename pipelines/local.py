@@ -30,7 +30,7 @@ from components.artifacts import LOG_DIR_VARIABLE
 PRESETS = Path(__file__).with_name("presets")
 SYNTHETIC_OPTIONS = ("synthetic_rows", "synthetic_cardinality")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-STEPS = ("ingest", "train_supernet", "search", "finetune", "evaluate", "export", "deploy")
+STEPS = ("fingerprint", "ingest", "train_supernet", "search", "finetune", "evaluate", "export", "deploy")
 GATED_STEPS = ("export", "deploy")
 
 
@@ -103,26 +103,17 @@ def check_parameters(parameters: dict[str, Any]) -> None:
         check_gpus(parameters["gpus"])
 
 
-def code_digest() -> str:
-    """Changes when the project's code does: the sources of every package a step imports."""
+def code_digest(root: Path | None = None) -> str:
+    """Changes when the project's code does: the sources of every package a step imports (under `root`, by
+    default this installation's)."""
     import components
 
-    root = Path(components.__file__).resolve().parents[1]
+    root = root or Path(components.__file__).resolve().parents[1]
     digest = hashlib.sha256()
     for package in ("model", "features", "serving", "components"):
         for path in sorted((root / package).rglob("*")):
             if path.suffix in (".py", ".yaml") and "__pycache__" not in path.parts:
                 digest.update(f"{path.relative_to(root)}\n".encode() + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def data_digest(paths: list[str]) -> str:
-    """Changes when a file is replaced or rewritten: names, sizes and modification times (not the bytes, which
-    for a large log would cost a full read on every run)."""
-    digest = hashlib.sha256()
-    for path in map(Path, paths):
-        stat = path.stat()
-        digest.update(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -184,7 +175,6 @@ def run_local(parameters: dict[str, Any], out: Path, preset: Preset | None = Non
         log = synthetic_log(out, parameters["schema"], preset or Preset({}), parameters["seed"])
         parameters["raw_files"] = [str(log)]
     parameters["raw_files"] = [str(Path(p).absolute()) for p in parameters["raw_files"]]
-    parameters["data_digest"] = parameters["data_digest"] or data_digest(parameters["raw_files"])
     parameters["code_digest"] = parameters["code_digest"] or code_digest()
     logs = out / "logs"
     local.init(

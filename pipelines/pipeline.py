@@ -2,27 +2,67 @@
 
 The same definition runs on Kubeflow Pipelines (compiled to `nasrec_pipeline.yaml` beside this file) and on
 one machine (`kfp.local`, see `pipelines.local`). Ingest, train_supernet, search and finetune are cached: a
-rerun with the same inputs reuses them. Evaluate and deploy read and write the served repository, and export
-records evaluate's figures, so those three always run.
+rerun with the same inputs reuses them. Their cache keys follow the data (the fingerprint step's digest of the
+raw files, taken on every run) and the code (`code_digest`; on a cluster also the image, tagged by commit).
+Evaluate and deploy read and write the served repository, and export records evaluate's figures, so those three
+always run.
+
+On a cluster (what `kfp.local` ignores): the raw logs' and the model repository's volumes (k8s/base/common) are
+mounted where the steps read them, each step has CPU and memory requests and limits and is retried after a
+transient failure, and the training steps tolerate GPU nodes' taint and take `gpu_node_selector`.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from kfp import dsl
-from kfp.dsl import Dataset, Metrics, Model
+from kfp import dsl, kubernetes
+from kfp.dsl import Dataset, Metrics, Model, PipelineTask
 
 from components.deploy import deploy
 from components.evaluate import evaluate
 from components.export import export
 from components.finetune import finetune
+from components.fingerprint import fingerprint
 from components.ingest import ingest
 from components.search import search
 from components.train_supernet import train_supernet
-from pipelines import COMPILED_PIPELINE
+from pipelines import COMPILED_PIPELINE, DATA_VOLUME, DEPLOY_STEP, MODEL_VOLUME
 
 PIPELINE_NAME = "nasrec"
 GPU_RESOURCE = "nvidia.com/gpu"
+RETRIES = 2  # a lost node or a preempted pod; a step's own error fails the same way again
+
+
+@dataclass(frozen=True)
+class PodSize:
+    """A step's CPU and memory requests and limits on a cluster."""
+
+    cpu: str
+    memory: str
+    cpu_limit: str
+    memory_limit: str
+
+    def apply(self, task: PipelineTask) -> PipelineTask:
+        task.set_cpu_request(self.cpu).set_cpu_limit(self.cpu_limit)
+        task.set_memory_request(self.memory).set_memory_limit(self.memory_limit)
+        return task.set_retry(RETRIES, backoff_duration="60s", backoff_factor=2.0, backoff_max_duration="600s")
+
+
+SMALL = PodSize("250m", "512Mi", "1", "1Gi")
+DATA = PodSize("2", "8Gi", "4", "16Gi")
+TRAINING = PodSize("4", "16Gi", "8", "32Gi")
+SERVING = PodSize("1", "4Gi", "2", "8Gi")
+
+
+def _mount(task: PipelineTask, volume: tuple[str, str]) -> PipelineTask:
+    return kubernetes.mount_pvc(task, pvc_name=volume[0], mount_path=volume[1])
+
+
+def _on_gpu_nodes(task: PipelineTask, gpus: int, node_selector: dict) -> PipelineTask:
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
+    kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+    return kubernetes.add_node_selector_json(task, node_selector)
 
 
 class PipelineOutputs(NamedTuple):
@@ -43,7 +83,6 @@ def nasrec_pipeline(
     schema: str = "criteo",
     folds: str = "",
     fold: int = 0,
-    data_digest: str = "",
     code_digest: str = "",
     space: str = "demo",
     supernet_steps: int = 1500,
@@ -55,6 +94,7 @@ def nasrec_pipeline(
     finetune_epochs: float = 1.0,
     seed: int = 0,
     gpus: int = 0,
+    gpu_node_selector: dict = {},  # noqa: B006 (a pipeline parameter's default, never mutated)
     min_auc: float = 0.5,
     repository: str = "",
     model_name: str = "",
@@ -63,21 +103,26 @@ def nasrec_pipeline(
 ) -> PipelineOutputs:
     """Train and, when the quality gate passes, serve a NASRecNet.
 
-    raw_files: raw log paths the ingest pod sees; schema: a built-in name or a schema YAML path; folds/fold: a
-    row,fold file and the test fold (empty: split by time); data_digest and code_digest: change when the raw
-    files or the project's code do (cache keys; run-local computes both). space: search-space preset;
+    raw_files: raw log paths the ingest pod sees (on a cluster, under /data); schema: a built-in name or a schema
+    YAML path; folds/fold: a row,fold file and the test fold (empty: split by time); code_digest: changes when
+    the project's code does (a cache key; run-local, submit and schedule compute it). space: search-space preset;
     supernet_steps; population/generations/top_k/max_mflops (0: no limit)/fitness_steps: the search budget;
-    finetune_epochs; seed; gpus: 0 for the CPU (even where a GPU is present), 1 for a GPU for each training step.
+    finetune_epochs; seed; gpus: 0 for the CPU (even where a GPU is present), 1 for a GPU for each training step;
+    gpu_node_selector: the training pods' node selector on a cluster (submit sets NVIDIA's GPU label for gpus 1).
     min_auc: the gate's floor;
     repository: the Triton model repository served (its latest version, scored on this run's test events, is the
     gate's other bar, and deploy adds the next one); model_name: the served model (empty: nasrec_<schema>);
     serving_variant: local or production; triton_url: a running Triton to check and roll the new version into
     (empty: check it on a local Triton).
     """
+    digest = fingerprint(raw_files=raw_files)
+    digest.set_display_name("Fingerprint the raw logs").set_caching_options(False)
+    _mount(SMALL.apply(digest), DATA_VOLUME)
     data = ingest(
-        raw_files=raw_files, schema=schema, folds=folds, fold=fold, data_digest=data_digest, code_digest=code_digest
+        raw_files=raw_files, schema=schema, folds=folds, fold=fold, data_digest=digest.output, code_digest=code_digest
     )
     data.set_display_name("Ingest through Feast")
+    _mount(DATA.apply(data), DATA_VOLUME)
     supernet = train_supernet(
         data=data.outputs["data"],
         space=space,
@@ -111,7 +156,7 @@ def nasrec_pipeline(
     )
     tuned.set_display_name("Fine-tune the top architectures")
     for task in (supernet, searched, tuned):
-        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
+        _on_gpu_nodes(TRAINING.apply(task), gpus, gpu_node_selector)
     gate = evaluate(
         data=data.outputs["data"],
         winner=tuned.outputs["winner"],
@@ -120,11 +165,13 @@ def nasrec_pipeline(
         model_name=model_name,
     )
     gate.set_display_name("Evaluate: quality gate").set_caching_options(False)
+    _mount(DATA.apply(gate), MODEL_VOLUME)
     with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a pipeline expression)
         exported = export(
             data=data.outputs["data"], winner=tuned.outputs["winner"], evaluation=gate.outputs["evaluation"]
         )
         exported.set_display_name("Export to ONNX").set_caching_options(False)
+        SERVING.apply(exported)
         served = deploy(
             data=data.outputs["data"],
             onnx_model=exported.outputs["onnx_model"],
@@ -133,7 +180,8 @@ def nasrec_pipeline(
             variant=serving_variant,
             triton_url=triton_url,
         )
-        served.set_display_name("Deploy to Triton").set_caching_options(False)
+        served.set_display_name(DEPLOY_STEP).set_caching_options(False)
+        _mount(SERVING.apply(served), MODEL_VOLUME)
     return PipelineOutputs(
         data=data.outputs["data"],
         supernet=supernet.outputs["supernet"],

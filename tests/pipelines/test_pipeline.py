@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from components.images import CPU_IMAGE, CUDA_IMAGE
-from pipelines import COMPILED_PIPELINE
+from pipelines import COMPILED_PIPELINE, DATA_VOLUME, MODEL_VOLUME
 from pipelines.local import STEPS, PipelineStepError, Preset, run_local, serve_held_out, step_times
 from pipelines.pipeline import compile_pipeline
 from serving.export import read_metadata
@@ -25,7 +27,7 @@ def test_the_committed_yaml_is_what_the_pipeline_compiles_to(tmp_path: Path) -> 
 
 
 def test_the_compiled_pipeline_pins_images_requests_gpus_and_caches_only_pure_steps() -> None:
-    spec = yaml.safe_load(COMPILED_PIPELINE.read_text())
+    spec, _ = yaml.safe_load_all(COMPILED_PIPELINE.read_text())
     executors = spec["deploymentSpec"]["executors"]
     images = {name.removeprefix("exec-"): e["container"]["image"] for name, e in executors.items()}
     assert images == {
@@ -39,9 +41,38 @@ def test_the_compiled_pipeline_pins_images_requests_gpus_and_caches_only_pure_st
     assert sorted(tasks) == sorted(images)
     assert all(task["taskInfo"]["name"] != name for name, task in tasks.items())  # each has a display name
     uncached = {name for name, task in tasks.items() if not task.get("cachingOptions", {}).get("enableCache")}
-    assert uncached == {"evaluate", "export", "deploy"}  # the served repository, and evaluate's figures
+    assert uncached == {"fingerprint", "evaluate", "export", "deploy"}  # the data now, the served repository
+    assert tasks["ingest"]["inputs"]["parameters"]["data_digest"]["taskOutputParameter"]["producerTask"] == (
+        "fingerprint"
+    )
     condition = spec["root"]["dag"]["tasks"]["condition-1"]["triggerPolicy"]["condition"]
     assert "pipelinechannel--evaluate-Output" in condition  # export and deploy wait for the gate
+
+
+def test_on_a_cluster_each_step_mounts_its_volume_is_sized_retried_and_training_finds_gpu_nodes() -> None:
+    spec, platform = yaml.safe_load_all(COMPILED_PIPELINE.read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    mounts = {
+        name.removeprefix("exec-"): [(m["constant"], m["mountPath"]) for m in config.get("pvcMount", [])]
+        for name, config in kubernetes.items()
+    }
+    assert {step: mount for step, mount in mounts.items() if mount} == {
+        "fingerprint": [DATA_VOLUME],
+        "ingest": [DATA_VOLUME],
+        "evaluate": [MODEL_VOLUME],
+        "deploy": [MODEL_VOLUME],
+    }
+    for name, executor in executors.items():
+        resources = executor["container"]["resources"]
+        assert {"cpuRequest", "cpuLimit", "memoryRequest", "memoryLimit"} <= set(resources), name
+    for step in TRAINING:
+        config = kubernetes[f"exec-{step}"]
+        assert config["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+        assert config["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "gpu_node_selector"
+    tasks = spec["root"]["dag"]["tasks"] | spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    retried = {name: task["retryPolicy"]["maxRetryCount"] for name, task in tasks.items() if "retryPolicy" in task}
+    assert retried == dict.fromkeys((n.removeprefix("exec-") for n in executors), 2)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +105,7 @@ def test_a_local_run_writes_every_artifact_deploys_and_answers_over_grpc(tiny_ru
     onnx_path = run.repository / "nasrec_criteo_ids" / "1" / "model.onnx"
     assert float(read_metadata(onnx_path)["test_auc"]) == evaluation["test"]["auc"]
     assert all(took.endswith(" s") for took in step_times(run, STEPS).values())
-    assert len(run.parameters["data_digest"]) == 16  # the log's files are part of ingest's cache key
+    assert "digest" in (run.out / "logs" / "fingerprint.log").read_text()  # the log's files: ingest's cache key
     trained_on = "cuda" if run.parameters["gpus"] else "cpu"  # unless told, run-local uses the GPU when present
     for step in ("train-supernet", "search", "finetune"):
         assert json.loads((outputs / step / "metrics").read_text())["device"] == trained_on, step
@@ -89,6 +120,7 @@ def test_a_local_run_writes_every_artifact_deploys_and_answers_over_grpc(tiny_ru
 def test_a_rerun_reuses_the_pure_steps_and_the_gate_can_refuse(tiny_run, tmp_path: Path) -> None:
     again = run_local(tiny_run.parameters, tiny_run.out)  # the same inputs: the same winner, served already
     times = step_times(again, STEPS)
+    assert times["fingerprint"].endswith(" s")  # taken on every run
     assert {step for step, took in times.items() if took == "reused from the cache"} == {
         "ingest",
         "train_supernet",
@@ -106,6 +138,11 @@ def test_a_rerun_reuses_the_pure_steps_and_the_gate_can_refuse(tiny_run, tmp_pat
     assert versions(strict.repository / "nasrec_criteo") == [1]  # nothing exported, nothing deployed
     code_changed = run_local(tiny_run.parameters | {"min_auc": 1.0, "code_digest": "0" * 16}, tiny_run.out)
     assert code_changed.artifact("data") != tiny_run.artifact("data")  # another code digest: every step reruns
+    (log,) = tiny_run.parameters["raw_files"]
+    os.utime(log, ns=(time.time_ns(), time.time_ns()))  # the log rewritten in place, at the same path
+    data_changed = run_local(tiny_run.parameters | {"min_auc": 1.0}, tiny_run.out)
+    assert data_changed.artifact("data") != tiny_run.artifact("data")
+    assert step_times(data_changed, STEPS)["ingest"].endswith(" s")
 
     with pytest.raises(ValueError, match=r"gpus: 0 \(the CPU\) or 1 \(a training step runs on one GPU\), got 2"):
         run_local(tiny_run.parameters | {"gpus": 2}, tmp_path)  # refused before any step runs
@@ -117,7 +154,7 @@ def test_a_rerun_reuses_the_pure_steps_and_the_gate_can_refuse(tiny_run, tmp_pat
 def test_the_readmes_sequence_serves_a_second_dataset_beside_the_first(tiny_run, capsys) -> None:
     """`make run`, then `make run DATA=../shared/data/avazu_10k/train.csv SCHEMA=avazu`: the Avazu model is served
     under its own name, neither judged against the Criteo model nor replacing it."""
-    parameters = tiny_run.parameters | {"raw_files": [str(shared("avazu"))], "schema": "avazu", "data_digest": ""}
+    parameters = tiny_run.parameters | {"raw_files": [str(shared("avazu"))], "schema": "avazu"}
     avazu = run_local(parameters, tiny_run.out)
     evaluation = json.loads(avazu.artifact("evaluation").read_text())
     assert avazu.outputs["deployed"] and evaluation["model_name"] == "nasrec_avazu" and evaluation["served"] is None

