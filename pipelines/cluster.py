@@ -31,7 +31,7 @@ GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}  # the label NVIDIA's GPU
 REQUIRED_ON_A_CLUSTER = {
     "raw_files": f"the raw log paths the ingest pod sees, under {DATA_VOLUME[1]}",
     "repository": f"the model repository Triton serves, {MODEL_VOLUME[1]} (the volume {MODEL_VOLUME[0]})",
-    "triton_url": "the Triton gRPC service deploy loads the new version into",
+    "triton_url": "Triton's replicas, nasrec-triton-replicas:8001: deploy loads the new version into each",
 }
 FINISHED = {"SUCCEEDED", "SKIPPED", "FAILED", "CANCELED"}
 EXIT_GATE_REFUSED = 3  # as `nasrec evaluate`: the run went well, the model was not good enough to serve

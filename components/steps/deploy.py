@@ -7,7 +7,8 @@ into a local Triton started for the check. `check_rows` test events are sent to 
 fields to one and model-ready ids to the other, and both answers must equal ONNX Runtime's on the version's own
 transform of the same events (max abs diff <= 1e-5). Only then are the version folders renamed into the served
 models (a rename inside the repository, so it works on a mounted volume) and, with `url`, the served models
-reloaded, ids model first. A candidate that fails is discarded and the served version stays what it was.
+reloaded, ids model first, on every server the url's name resolves to (on a cluster, the headless Service
+nasrec-triton-replicas: each replica). A candidate that fails is discarded and the served version stays what it was.
 
 A redeploy keeps the served config's tuned fields (instances and their kind, batch sizes) unless the run sets
 them. The model is named after the schema unless `model_name` says otherwise: a model of other fields never
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import sys
 import tempfile
 import time
@@ -120,8 +122,8 @@ def deploy(export_dir: Path, repository: Path, run: DeployRun, data_dir: Path | 
     folder = promote(candidate)
     print(f"wrote {folder}")
     if run.url:
-        roll_in(run.url, repository, name, candidate.version)
-        print(f"loaded {name} version {candidate.version} into {run.url}")
+        record["replicas"] = roll_in(run.url, repository, name, candidate.version)
+        print(f"loaded {name} version {candidate.version} into {len(record['replicas'])} replica(s) at {run.url}")
     return record
 
 
@@ -202,21 +204,38 @@ def check_served(url: str, model: str, inputs: list, expected: np.ndarray) -> di
     return {"max_abs_diff": worst, "latency_ms": latency_ms, "served_version": version}
 
 
-def roll_in(url: str, repository: Path, name: str, version: int) -> None:
-    """Reload the served models (ids first: the events version calls its own) and see `version` ready; else take
-    it out again and reload, so the version served before answers."""
+def replica_urls(url: str) -> list[str]:
+    """The gRPC address of every server `url`'s host name resolves to: each replica behind a headless Service
+    (k8s/base/triton's nasrec-triton-replicas), or the one server. IPv4 where the name has it."""
+    host, _, port = url.rpartition(":")
     try:
-        load_models(url, (ids_model(name), name))
-        with grpcclient.InferenceServerClient(url) as client:
-            ready = client.is_model_ready(name, str(version))
-        if not ready:
-            raise ServingError(f"Triton at {url}: {name} version {version} is not ready after loading")
+        found = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as error:
+        raise ServingError(f"Triton at {url}: cannot resolve it ({error})") from None
+    addresses = sorted({a[4][0] for a in found if a[0] == socket.AF_INET}) or sorted({a[4][0] for a in found})
+    return [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addresses]
+
+
+def roll_in(url: str, repository: Path, name: str, version: int) -> list[str]:
+    """Reload the served models (ids first: the events version calls its own) on every replica at `url` and see
+    `version` ready on each; else take it out again and reload them all, so the version served before answers
+    everywhere. Returns the replicas' addresses."""
+    replicas = replica_urls(url)
+    try:
+        for replica in replicas:
+            load_models(replica, (ids_model(name), name))
+            with grpcclient.InferenceServerClient(replica) as client:
+                ready = client.is_model_ready(name, str(version))
+            if not ready:
+                raise ServingError(f"Triton at {replica}: {name} version {version} is not ready after loading")
     except BaseException:
         remove_version(repository, name, version)
-        with contextlib.suppress(ServingError):
-            load_models(url, (ids_model(name), name))
+        for replica in replicas:
+            with contextlib.suppress(ServingError):
+                load_models(replica, (ids_model(name), name))
         print(f"took version {version} out again: the version served before stays the latest", file=sys.stderr)
         raise
+    return replicas
 
 
 def _recorded_data_dir(export_dir: Path) -> Path:

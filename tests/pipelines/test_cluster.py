@@ -22,7 +22,7 @@ from pipelines.cluster import EXIT_GATE_REFUSED, EXIT_RUN_FAILED, EXIT_TIMED_OUT
 from pipelines.local import code_digest
 
 API = "/apis/v2beta1"
-CLUSTER = {"raw_files": ["/data/day_0.txt"], "repository": "/models", "triton_url": "nasrec-triton:8001"}
+CLUSTER = {"raw_files": ["/data/day_0.txt"], "repository": "/models", "triton_url": "nasrec-triton-replicas:8001"}
 DIGEST = code_digest()
 
 
@@ -200,7 +200,9 @@ def test_cluster_commands_refuse_bad_input_before_calling_the_api(kfp_api) -> No
     with pytest.raises(SystemExit, match=r"unknown pipeline parameter\(s\) \['supernet_stpes'\]"):
         main(["pipeline", "submit", "--host", url, "--set", "supernet_stpes=10"])
     given = [f"--set={name}={value}" for name, value in CLUSTER.items() if name != "triton_url"]
-    with pytest.raises(SystemExit, match=r"a cluster run needs triton_url \(the Triton gRPC service"):
+    with pytest.raises(
+        SystemExit, match=r"a cluster run needs triton_url \(Triton's replicas, nasrec-triton-replicas:8001"
+    ):
         main(["pipeline", "submit", "--host", url, *given])
     with pytest.raises(SystemExit, match=r"--cron: expected 5 fields .* got '3 \* \*'"):
         main(["pipeline", "schedule", "--host", url, *given, "--set", "triton_url=t:8001", "--cron", "3 * *"])

@@ -10,7 +10,8 @@ import subprocess
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from components.steps.deploy import DeployRun, deploy
+from components.steps.deploy import DeployRun, deploy, replica_urls
+from serving.errors import ServingError
 from serving.repository import (
     CONFIG_FILE,
     IDS_MODEL_PARAMETER,
@@ -186,3 +187,24 @@ def test_deploy_into_a_repository_on_another_mount_point(criteo_exported: Export
         assert sorted(p.name for p in repository.iterdir()) == ["nasrec_criteo", "nasrec_criteo_ids"]
     finally:
         subprocess.run(["umount", str(repository)], check=True)
+
+
+def test_a_deploy_reaches_every_replica_a_headless_service_name_resolves_to(monkeypatch) -> None:
+    """The resolver faked at its boundary: a headless Service's name answers with one address a replica (and
+    IPv6 ones in a dual-stack cluster); deploy loads the version into each."""
+    import socket
+
+    def resolve(host: str, port: int, type: int = 0) -> list:
+        assert (host, port, type) == ("nasrec-triton-replicas", 8001, socket.SOCK_STREAM)
+        stream = socket.SOCK_STREAM
+        v4 = [(socket.AF_INET, stream, 6, "", (a, port)) for a in ("10.0.3.7", "10.0.1.12", "10.0.3.7")]
+        return [*v4, (socket.AF_INET6, stream, 6, "", ("fd00::7", port, 0, 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    assert replica_urls("nasrec-triton-replicas:8001") == ["10.0.1.12:8001", "10.0.3.7:8001"]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [(socket.AF_INET6, 1, 6, "", ("fd00::7", 8001, 0, 0))])
+    assert replica_urls("nasrec-triton-replicas:8001") == ["[fd00::7]:8001"]
+    monkeypatch.undo()
+    assert replica_urls("127.0.0.1:8001") == ["127.0.0.1:8001"]
+    with pytest.raises(ServingError, match=r"Triton at no-such-host\.invalid:8001: cannot resolve it"):
+        replica_urls("no-such-host.invalid:8001")
