@@ -13,20 +13,29 @@ def train_supernet(
     steps: int,
     seed: int,
     gpus: int,
+    nodes: int,
+    job_kind: str,
     code_digest: str,
     supernet: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Train a supernet over search space `space` for `steps` steps; on the CPU for `gpus` 0, else on CUDA.
+    """Train a supernet over search space `space` for `steps` steps; on the CPU for `gpus` 0, else on CUDA. With
+    `nodes` > 1, a distributed `job_kind` job (PyTorchJob or TrainJob) of that many pods trains it, `gpus` each.
     `code_digest` (of the project's source) makes a code change a new cache key."""
     from pathlib import Path
 
     from components.artifacts import log_metrics, step_log
 
     with step_log("train_supernet"):
+        from components.steps.cluster_training import KubernetesAPI
         from components.steps.common import training_device
-        from components.steps.train_supernet import SupernetRun
+        from components.steps.train_supernet import SupernetRun, train_on_cluster
         from components.steps.train_supernet import train_supernet as train_step
 
         run = SupernetRun.from_dict({"space": space, "steps": steps, "seed": seed, "progress": False})
-        log_metrics(metrics, train_step(Path(data.path), Path(supernet.path), run, training_device(gpus)))
+        if nodes > 1:
+            api = KubernetesAPI.in_cluster()
+            result = train_on_cluster(Path(data.path), Path(supernet.path), run, nodes, gpus, job_kind, api)
+        else:
+            result = train_step(Path(data.path), Path(supernet.path), run, training_device(gpus))
+        log_metrics(metrics, result)

@@ -94,6 +94,8 @@ def nasrec_pipeline(
     finetune_epochs: float = 1.0,
     seed: int = 0,
     gpus: int = 0,
+    training_nodes: int = 1,
+    training_job: str = "PyTorchJob",
     gpu_node_selector: dict = {},  # noqa: B006 (a pipeline parameter's default, never mutated)
     min_auc: float = 0.5,
     repository: str = "",
@@ -108,6 +110,8 @@ def nasrec_pipeline(
     the project's code does (a cache key; run-local, submit and schedule compute it). space: search-space preset;
     supernet_steps; population/generations/top_k/max_mflops (0: no limit)/fitness_steps: the search budget;
     finetune_epochs; seed; gpus: 0 for the CPU (even where a GPU is present), 1 for a GPU for each training step;
+    training_nodes: above 1, on a cluster, the supernet is trained by a distributed job of that many pods
+    (training_job: PyTorchJob or TrainJob), `gpus` GPUs each;
     gpu_node_selector: the training pods' node selector on a cluster (submit sets NVIDIA's GPU label for gpus 1).
     min_auc: the gate's floor;
     repository: the Triton model repository served (its latest version, scored on this run's test events, is the
@@ -129,9 +133,14 @@ def nasrec_pipeline(
         steps=supernet_steps,
         seed=seed,
         gpus=gpus,
+        nodes=training_nodes,
+        job_kind=training_job,
         code_digest=code_digest,
     )
     supernet.set_display_name("Train supernet")
+    _mount(supernet, DATA_VOLUME)  # a distributed job's data and supernet pass through it
+    for variable, field in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
+        kubernetes.use_field_path_as_env(supernet, variable, field)
     searched = search(
         data=data.outputs["data"],
         supernet=supernet.outputs["supernet"],

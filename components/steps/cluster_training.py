@@ -11,6 +11,7 @@ as the ServiceAccount nasrec-training and carry the label its NetworkPolicy lets
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import sys
 import time
@@ -33,7 +34,8 @@ SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 @dataclass(frozen=True)
 class TrainingJob:
-    """One distributed run of `command` (what torchrun starts in each process) on `nodes` pods."""
+    """One distributed run of `command` (torchrun's arguments after its own: what it starts in each process) on
+    `nodes` pods."""
 
     name: str
     image: str
@@ -75,7 +77,7 @@ class TrainingJob:
         container = {
             "name": "pytorch",  # the Training Operator finds the training container by this name
             "image": self.image,
-            "command": ["torchrun", "--no-python", *self.command],
+            "command": ["torchrun", *self.command],
             "resources": self._resources(),
             "volumeMounts": [{"name": "shared", "mountPath": SHARED_VOLUME[1]}],
             "securityContext": _container_security(),
@@ -110,7 +112,7 @@ class TrainingJob:
             "labels": {"app.kubernetes.io/name": TRAINING_NAME},
             "trainer": {
                 "image": self.image,
-                "command": ["torchrun", "--no-python", *self.command],
+                "command": ["torchrun", *self.command],
                 "numNodes": self.nodes,
                 "numProcPerNode": self._processes(),
                 "resourcesPerNode": self._resources(),
@@ -175,6 +177,17 @@ class KubernetesAPI:
         except urllib.error.HTTPError as error:
             detail = json.loads(error.read() or b"{}").get("message", error.reason)
             raise KubernetesError(f"{method} {path}: {error.code} {detail}") from None
+
+
+def own_pod(api: KubernetesAPI) -> tuple[str, str]:
+    """(namespace, image) of the pod this runs in (named by $POD_NAME and $POD_NAMESPACE, which the pipeline sets
+    from the downward API): a job started from here runs the very image of the step."""
+    name, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
+    if not (name and namespace):
+        raise KubernetesError("POD_NAME and POD_NAMESPACE are not set: a distributed run starts from a pipeline step")
+    containers = api.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")["spec"]["containers"]
+    main = next((c for c in containers if c["name"] == "main"), containers[0])  # KFP's step container is "main"
+    return namespace, main["image"]
 
 
 def job_state(job: dict[str, Any]) -> tuple[str, str]:

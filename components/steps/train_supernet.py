@@ -1,14 +1,22 @@
-"""train_supernet: a weight-sharing supernet trained on the training split (resumes from its checkpoint)."""
+"""train_supernet: a weight-sharing supernet trained on the training split (resumes from its checkpoint), in this
+process (or the processes torchrun starts), or on a cluster by a distributed job of several pods.
+
+    torchrun ... -m components.steps.train_supernet DATA OUT RUN_JSON DEVICE     (what each job process runs)
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from components.steps.cluster_training import SHARED_VOLUME, KubernetesAPI, TrainingJob, own_pod, run_job
 from components.steps.common import StepConfig, steps_for, write_json
 from components.steps.data import IngestedData
 from model.distributed import init_from_environment, local_device, shutdown
@@ -85,6 +93,34 @@ def train_supernet(data_dir: Path, out: Path, run: SupernetRun, device: torch.de
         shutdown(world)
 
 
+def train_on_cluster(
+    data_dir: Path,
+    out: Path,
+    run: SupernetRun,
+    nodes: int,
+    gpus: int,
+    kind: str,
+    api: KubernetesAPI,
+    shared: Path = Path(SHARED_VOLUME[1]),
+    timeout_s: float = 48 * 3600,
+) -> dict[str, Any]:
+    """Train on `nodes` pods (`gpus` each, 0: CPUs) as a `kind` job running this pod's own image; the data and
+    the supernet pass through `shared` (the nasrec-data volume, mounted in this pod and the job's)."""
+    namespace, image = own_pod(api)
+    name = f"nasrec-supernet-{uuid.uuid4().hex[:8]}"
+    work = shared / "jobs" / name
+    shutil.copytree(data_dir, work / "data")
+    try:
+        device = "cuda" if gpus else "cpu"
+        command = ("-m", __name__, str(work / "data"), str(work / "supernet"), json.dumps(run.to_dict()), device)
+        job = TrainingJob(name, image, command, nodes, gpus, kind, namespace)
+        run_job(api, job, timeout_s)
+        shutil.copytree(work / "supernet", out, dirs_exist_ok=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return json.loads((out / "metrics.json").read_text())
+
+
 def _subnet_losses(supernet: Supernet, data: IngestedData, run: SupernetRun, device: torch.device) -> dict:
     """Validation log loss of the full path and the mean over 4 fixed sampled subnets (inherited weights)."""
     sampler = ArchitectureSampler(supernet.space, seed=10_000 + run.seed, use_layernorm=run.use_layernorm)
@@ -96,3 +132,8 @@ def _subnet_losses(supernet: Supernet, data: IngestedData, run: SupernetRun, dev
         "subnet_mean_log_loss": sum(m["log_loss"] for m in subnets) / len(subnets),
         "subnet_mean_auc": sum(m["auc"] for m in subnets) / len(subnets),
     }
+
+
+if __name__ == "__main__":  # one process of a distributed job (train_on_cluster)
+    data, out, run_json, device = sys.argv[1:]
+    train_supernet(Path(data), Path(out), SupernetRun.from_dict(json.loads(run_json)), torch.device(device))

@@ -5,6 +5,8 @@ Trainer then does with the job (pods, torchrun's rendezvous, NCCL) is not tested
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -15,9 +17,10 @@ import pytest
 import yaml
 
 from components.steps.cluster_training import KubernetesAPI, KubernetesError, TrainingJob, run_job
-from tests.k8s.conftest import validation_errors
+from components.steps.train_supernet import SupernetRun, train_on_cluster
+from tests.k8s.conftest import ROOT, validation_errors
 
-COMMAND = ("nasrec", "train-supernet", "--data", "/data/jobs/j1/data", "--out", "/data/jobs/j1/supernet")
+COMMAND = ("-m", "components.steps.train_supernet", "/data/jobs/j1/data", "/data/jobs/j1/supernet", "{}", "cuda")
 
 
 def job(kind: str, gpus: int = 1) -> TrainingJob:
@@ -39,7 +42,7 @@ def test_a_pytorchjob_runs_torchrun_on_every_node_as_the_training_identity() -> 
     assert spec["nprocPerNode"] == "1"  # a process per GPU
     pod = replicas["Worker"]["template"]
     (container,) = pod["spec"]["containers"]
-    assert container["name"] == "pytorch" and container["command"] == ["torchrun", "--no-python", *COMMAND]
+    assert container["name"] == "pytorch" and container["command"] == ["torchrun", *COMMAND]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["metadata"]["labels"] == {"app.kubernetes.io/name": "nasrec-training"}  # its NetworkPolicy
     assert pod["spec"]["serviceAccountName"] == "nasrec-training" and not pod["spec"]["automountServiceAccountToken"]
@@ -139,3 +142,50 @@ def test_a_failed_job_fails_the_step_with_its_message_and_a_slow_one_is_deleted(
     taken = TrainingJob("taken", "i:1", COMMAND, 2)
     with pytest.raises(KubernetesError, match=r"POST .*/pytorchjobs: 409 pytorchjobs.kubeflow.org \"taken\" already"):
         run_job(api, taken, timeout_s=60, poll_s=0)
+
+
+class FakeOperator(FakeKubernetes):
+    """The API server and a training operator in one: a created job's command runs here, under torchrun with two
+    processes on this machine standing in for two pods (what the operator's rendezvous variables give)."""
+
+    jobs: dict[str, subprocess.Popen]
+
+    def do_POST(self) -> None:
+        body = self._record()
+        template = body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
+        torchrun, *command = template["spec"]["containers"][0]["command"]
+        launcher = [str(Path(sys.executable).with_name(torchrun)), "--standalone", "--nproc-per-node", "2"]
+        self.jobs[body["metadata"]["name"]] = subprocess.Popen([*launcher, *command], cwd=ROOT)
+        self._answer(201, body)
+
+    def do_GET(self) -> None:
+        self._record()
+        if "/pods/" in self.path:
+            self._answer(200, {"spec": {"containers": [{"name": "main", "image": "nasrec:3f2a9c1-cpu"}]}})
+            return
+        process = self.jobs[self.path.rsplit("/", 1)[1]]
+        code = process.poll()
+        state = "Running" if code is None else "Succeeded" if code == 0 else "Failed"
+        self._answer(200, {"status": {"conditions": [condition(state, f"exit code {code}")]}})
+
+
+def test_a_distributed_step_trains_the_supernet_through_the_job_it_creates(ingested: Path, tmp_path, monkeypatch):
+    handler = type("Handler", (FakeOperator,), {"requests": [], "states": [], "jobs": {}})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("POD_NAME", "nasrec-abc-train-supernet")
+    monkeypatch.setenv("POD_NAMESPACE", "team-a")
+    api = KubernetesAPI(f"http://127.0.0.1:{server.server_address[1]}")
+    run = SupernetRun(steps=20, checkpoint_every=10, progress=False)
+    try:
+        metrics = train_on_cluster(ingested, tmp_path / "supernet", run, 2, 0, "PyTorchJob", api, tmp_path / "shared")
+    finally:
+        server.shutdown()
+    assert metrics["world_size"] == 2 and metrics["training"]["steps"] == 20  # two processes trained it
+    assert (tmp_path / "supernet" / "checkpoint.pt").exists()
+    (created,) = [body for method, _, body, _ in handler.requests if method == "POST"]
+    assert created["metadata"]["namespace"] == "team-a"  # the step's own namespace, and image:
+    assert created["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["image"] == (
+        "nasrec:3f2a9c1-cpu"
+    )
+    assert list((tmp_path / "shared" / "jobs").iterdir()) == []  # the job's copy of the data is gone

@@ -60,6 +60,7 @@ def test_on_a_cluster_each_step_mounts_its_volume_is_sized_retried_and_training_
     assert {step: mount for step, mount in mounts.items() if mount} == {
         "fingerprint": [DATA_VOLUME],
         "ingest": [DATA_VOLUME],
+        "train-supernet": [DATA_VOLUME],  # a distributed job's data and supernet
         "evaluate": [MODEL_VOLUME],
         "deploy": [MODEL_VOLUME],
     }
@@ -70,6 +71,8 @@ def test_on_a_cluster_each_step_mounts_its_volume_is_sized_retried_and_training_
         config = kubernetes[f"exec-{step}"]
         assert config["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
         assert config["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "gpu_node_selector"
+    own_pod = {e["name"]: e["fieldPath"] for e in kubernetes["exec-train-supernet"]["fieldPathAsEnv"]}
+    assert own_pod == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}  # its job's image
     tasks = spec["root"]["dag"]["tasks"] | spec["components"]["comp-condition-1"]["dag"]["tasks"]
     retried = {name: task["retryPolicy"]["maxRetryCount"] for name, task in tasks.items() if "retryPolicy" in task}
     assert retried == dict.fromkeys((n.removeprefix("exec-") for n in executors), 2)
