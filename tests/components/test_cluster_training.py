@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import yaml
 
 from components.steps.cluster_training import KubernetesAPI, KubernetesError, TrainingJob, run_job
 from components.steps.train_supernet import SupernetRun, train_on_cluster
+from tests.fake_http import JSONHandler, serving
 from tests.k8s.conftest import ROOT, validation_errors
 
 COMMAND = ("-m", "components.steps.train_supernet", "/data/jobs/j1/data", "/data/jobs/j1/supernet", "{}", "cuda")
@@ -61,20 +60,9 @@ def test_a_job_of_one_node_or_an_unknown_kind_is_refused() -> None:
         TrainingJob("j", "i:1", COMMAND, 2, kind="MPIJob")
 
 
-class FakeKubernetes(BaseHTTPRequestHandler):
+class FakeKubernetes(JSONHandler):
     requests: list[tuple[str, str, dict, str]]
     states: list[list[dict]]  # what each GET of the job answers as status.conditions, in turn (the last repeats)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def _answer(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def _record(self) -> dict:
         length = int(self.headers.get("Content-Length") or 0)
@@ -102,11 +90,8 @@ class FakeKubernetes(BaseHTTPRequestHandler):
 @pytest.fixture
 def kubernetes() -> Iterator[tuple[KubernetesAPI, type[FakeKubernetes]]]:
     handler = type("Handler", (FakeKubernetes,), {"requests": [], "states": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield KubernetesAPI(f"http://127.0.0.1:{server.server_address[1]}", token="t0ken"), handler
-    server.shutdown()
+    with serving(handler) as url:
+        yield KubernetesAPI(url, token="t0ken"), handler
 
 
 def condition(kind: str, message: str = "") -> dict:
@@ -171,16 +156,12 @@ class FakeOperator(FakeKubernetes):
 
 def test_a_distributed_step_trains_the_supernet_through_the_job_it_creates(ingested: Path, tmp_path, monkeypatch):
     handler = type("Handler", (FakeOperator,), {"requests": [], "states": [], "jobs": {}})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("POD_NAME", "nasrec-abc-train-supernet")
     monkeypatch.setenv("POD_NAMESPACE", "team-a")
-    api = KubernetesAPI(f"http://127.0.0.1:{server.server_address[1]}")
     run = SupernetRun(steps=20, checkpoint_every=10, progress=False)
-    try:
+    with serving(handler) as url:
+        api = KubernetesAPI(url)
         metrics = train_on_cluster(ingested, tmp_path / "supernet", run, 2, 0, "PyTorchJob", api, tmp_path / "shared")
-    finally:
-        server.shutdown()
     assert metrics["world_size"] == 2 and metrics["training"]["steps"] == 20  # two processes trained it
     assert (tmp_path / "supernet" / "checkpoint.pt").exists()
     (created,) = [body for method, _, body, _ in handler.requests if method == "POST"]

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,29 +18,19 @@ from pipelines import COMPILED_PIPELINE
 from pipelines.cli import main
 from pipelines.cluster import EXIT_GATE_REFUSED, EXIT_RUN_FAILED, EXIT_TIMED_OUT, follow
 from pipelines.local import code_digest
+from tests.fake_http import JSONHandler, serving
 
 API = "/apis/v2beta1"
 CLUSTER = {"raw_files": ["/data/day_0.txt"], "repository": "/models", "triton_url": "nasrec-triton-replicas:8001"}
 DIGEST = code_digest()
 
 
-class FakeKFP(BaseHTTPRequestHandler):
+class FakeKFP(JSONHandler):
     """The KFP v2beta1 endpoints kfp.Client calls to create experiments, runs and recurring runs."""
 
     requests: list[tuple[str, str, dict]]
     experiments: list[dict]
     run_states: list[dict]  # what each GET of run-1 answers, in turn (the last one repeats)
-
-    def log_message(self, *args: object) -> None:  # quiet test output
-        pass
-
-    def _answer(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self) -> None:
         path = urlparse(self.path).path
@@ -78,11 +66,8 @@ class FakeKFP(BaseHTTPRequestHandler):
 def kfp_api(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[tuple[str, FakeKFP]]:
     monkeypatch.setenv("HOME", str(tmp_path))  # kfp.Client reads ~/.config/kfp/context.json
     handler = type("Handler", (FakeKFP,), {"requests": [], "experiments": [], "run_states": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    server.shutdown()
+    with serving(handler) as url:
+        yield url, handler
 
 
 def posted(handler: FakeKFP, path: str) -> list[dict]:
