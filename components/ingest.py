@@ -14,12 +14,15 @@ def ingest(
     fold: int,
     data_digest: str,
     code_digest: str,
+    feature_server: str,
+    feast_root: str,
     data: Output[Dataset],
     metrics: Output[Metrics],
 ):
     """Ingest raw log files through Feast. `folds` (a row,fold file; empty: split by time) picks the split.
     `data_digest` (the fingerprint step's) makes changed files a new cache key, and `code_digest` (of the
-    project's source) makes a code change a new cache key."""
+    project's source) makes a code change a new cache key. `feature_server` (a cluster's; empty: none) is where
+    a schema's entity features are published, with the repository registered under `feast_root`."""
     from pathlib import Path
 
     from components.artifacts import log_metrics, step_log
@@ -28,5 +31,8 @@ def ingest(
         from components.steps.ingest import IngestRun
         from components.steps.ingest import ingest as ingest_step
 
-        run = IngestRun.from_dict({"schema": schema, "folds": folds or None, "fold": fold})
+        run = IngestRun.from_dict(
+            {"schema": schema, "folds": folds or None, "fold": fold, "feature_server": feature_server}
+            | {"feast_root": feast_root or None}
+        )
         log_metrics(metrics, ingest_step([Path(f) for f in raw_files], Path(data.path), run))

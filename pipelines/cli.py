@@ -269,6 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.01,
         help="fail when more malformed rows than this (default: 0.01)",
     )
+    ingest.add_argument(
+        "--feature-server",
+        default="",
+        help="a cluster's Feast feature server (http://host:port): publish the repository under --feast-root and "
+        "write the entities' latest features into its online store",
+    )
+    ingest.add_argument("--feast-root", type=Path, help="with --feature-server: the registry root (/data/feast)")
     ingest.set_defaults(func=cmd_ingest)
 
     synthetic = sub.add_parser("synthetic", help="write a synthetic raw log with teacher labels in a schema's format")

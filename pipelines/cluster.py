@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from components.images import REGISTRY
-from pipelines import COMPILED_PIPELINE, DATA_VOLUME, DEPLOY_STEP, MODEL_VOLUME
+from pipelines import COMPILED_PIPELINE, DATA_VOLUME, DEPLOY_STEP, FEATURE_SERVER, MODEL_VOLUME
 from pipelines.local import check_parameters, code_digest
 
 DEFAULT_EXPERIMENT = "nasrec"
@@ -70,10 +70,12 @@ def _under(path: str, folder: str) -> bool:
 
 
 def cluster_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
-    """`parameters`, checked, with the code's digest and, for a GPU run, the GPU node selector unless given."""
+    """`parameters`, checked, with the code's digest, k8s/'s feature server and, for a GPU run, the GPU node
+    selector, each unless given."""
     check_cluster_parameters(parameters)
     given = dict(parameters)
     given["code_digest"] = given.get("code_digest") or code_digest()
+    given["feature_server"] = given.get("feature_server") or FEATURE_SERVER
     if given.get("gpus") and "gpu_node_selector" not in given:
         given["gpu_node_selector"] = GPU_NODE_SELECTOR
     return given

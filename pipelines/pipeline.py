@@ -27,7 +27,7 @@ from components.fingerprint import fingerprint
 from components.ingest import ingest
 from components.search import search
 from components.train_supernet import train_supernet
-from pipelines import COMPILED_PIPELINE, DATA_VOLUME, DEPLOY_STEP, MODEL_VOLUME
+from pipelines import COMPILED_PIPELINE, DATA_VOLUME, DEPLOY_STEP, FEAST_ROOT, MODEL_VOLUME
 
 PIPELINE_NAME = "nasrec"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -102,6 +102,7 @@ def nasrec_pipeline(
     model_name: str = "",
     serving_variant: str = "local",
     triton_url: str = "",
+    feature_server: str = "",
 ) -> PipelineOutputs:
     """Train and, when the quality gate passes, serve a NASRecNet.
 
@@ -117,13 +118,21 @@ def nasrec_pipeline(
     repository: the Triton model repository served (its latest version, scored on this run's test events, is the
     gate's other bar, and deploy adds the next one); model_name: the served model (empty: nasrec_<schema>);
     serving_variant: local or production; triton_url: a running Triton to check and roll the new version into
-    (empty: check it on a local Triton).
+    (empty: check it on a local Triton); feature_server: a cluster's Feast feature server, where ingest publishes
+    the entity features the served model reads (submit and schedule set k8s/'s).
     """
     digest = fingerprint(raw_files=raw_files)
     digest.set_display_name("Fingerprint the raw logs").set_caching_options(False)
     _mount(SMALL.apply(digest), DATA_VOLUME)
     data = ingest(
-        raw_files=raw_files, schema=schema, folds=folds, fold=fold, data_digest=digest.output, code_digest=code_digest
+        raw_files=raw_files,
+        schema=schema,
+        folds=folds,
+        fold=fold,
+        data_digest=digest.output,
+        code_digest=code_digest,
+        feature_server=feature_server,
+        feast_root=FEAST_ROOT,
     )
     data.set_display_name("Ingest through Feast")
     _mount(DATA.apply(data), DATA_VOLUME)

@@ -1,8 +1,8 @@
 """ingest: raw logs -> Feast (offline store, point-in-time splits, fitted transform) -> the online store.
 
 The output folder is what `features.ingest.ingest` writes (splits, transform, schema, Feast repository);
-for a schema with entities, their latest features are then materialised into the online store, where the
-serving client reads them.
+for a schema with entities, their latest features are then materialised into the repository's online store, and,
+given a cluster's feature server, published to the cluster's Feast (`features.publish`), where Triton reads them.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from components.steps.common import StepConfig, write_json
 from features.ingest import OnlineFeatures, SplitSpec
 from features.ingest import ingest as ingest_through_feast
+from features.publish import publish
 from features.readers import EVENT_TIMESTAMP
 from features.schema import load_schema
 
@@ -29,6 +30,12 @@ class IngestRun(StepConfig):
     folds: Path | None = None  # a fold file (row,fold) splits by fold instead of by time
     fold: int = 0  # with folds: the test fold k (validation k+1)
     max_reject_fraction: float = 0.01
+    feature_server: str = ""  # on a cluster, its Feast feature server (http://host:port): publish there
+    feast_root: Path | None = None  # with feature_server: the registry root the cluster's pods share
+
+    def __post_init__(self) -> None:
+        if self.feature_server and self.feast_root is None:
+            raise ValueError("feature_server: publishing needs feast_root, the registry root the cluster's pods share")
 
 
 def ingest(raw_paths: list[Path], out: Path, run: IngestRun) -> dict[str, Any]:
@@ -48,5 +55,8 @@ def ingest(raw_paths: list[Path], out: Path, run: IngestRun) -> dict[str, Any]:
         online = OnlineFeatures(result.repo, schema, result.transform)
         stats["online_rows"] = online.materialize(times.min(), times.max() + timedelta(hours=1), entities_only=True)
         print(f"materialised the entity features of {stats['online_rows']:,} events into the online store")
+        if run.feature_server:
+            events = result.out_dir / "offline" / "events.parquet"
+            stats["published_rows"] = publish(schema, events, run.feast_root, run.feature_server)
         write_json(result.out_dir / "stats.json", stats)
     return stats

@@ -20,6 +20,7 @@ from pipelines.studies import RankCorrRun
 
 CONFIGS = [
     IngestRun(schema="avazu", folds=Path("folds.csv"), fold=3),
+    IngestRun(schema="avazu", feature_server="http://feast:6566", feast_root=Path("/data/feast")),
     SupernetRun(space="nasrec-small", steps=40),
     SearchRun(search=SearchConfig(population=4, children=2, max_mflops=0.3, fitness=FitnessConfig.for_method("head"))),
     FinetuneRun(steps=7, warm_start=True),
@@ -48,6 +49,8 @@ def test_a_bad_config_names_the_field_at_fault() -> None:
         SearchRun.from_dict({"search": 3})
     with pytest.raises(ValueError, match=r"IngestRun\.folds: expected a path, got ''"):
         IngestRun.from_dict({"folds": ""})
+    with pytest.raises(ValueError, match=r"feature_server: publishing needs feast_root"):
+        IngestRun.from_dict({"feature_server": "http://feast:6566"})
     with pytest.raises(ValueError, match=r"EvaluateRun\.min_auc: expected float, got True"):
         EvaluateRun.from_dict({"min_auc": True})
     with pytest.raises(ValueError, match=r"min_auc: must be in \[0, 1\], got 2"):

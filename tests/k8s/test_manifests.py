@@ -192,3 +192,26 @@ def test_the_feature_store_config_is_what_a_served_model_reads(rendered, tmp_pat
     server = by_name(rendered["base"])["Deployment/nasrec-feature-server"]["spec"]["template"]["spec"]
     env = {e["name"]: e.get("value") for e in server["containers"][0]["env"]}
     assert env["FEAST_PROJECT"] == "avazu" and env["REDIS_CONNECTION_STRING"].startswith("nasrec-redis:6379")
+
+
+def test_ingest_publishes_where_the_feature_server_and_triton_read(rendered) -> None:
+    """The pipeline's FEAST_ROOT is every Feast reader's FEAST_REGISTRY_ROOT; the feature server, which writes an
+    empty registry when it starts before the first ingest, mounts that folder of nasrec-data writable; and the
+    pipeline's FEATURE_SERVER names its Service."""
+    from urllib.parse import urlsplit
+
+    from pipelines import DATA_VOLUME, FEAST_ROOT, FEATURE_SERVER
+
+    objs = by_name(rendered["overlays/dev"])
+    for name in ("Deployment/nasrec-feature-server", "Deployment/nasrec-triton"):
+        (container,) = objs[name]["spec"]["template"]["spec"]["containers"]
+        assert {e["name"]: e.get("value") for e in container["env"]}["FEAST_REGISTRY_ROOT"] == FEAST_ROOT, name
+    spec = objs["Deployment/nasrec-feature-server"]["spec"]["template"]["spec"]
+    claims = {v["name"]: v.get("persistentVolumeClaim", {}) for v in spec["volumes"]}
+    [mount] = [m for m in spec["containers"][0]["volumeMounts"] if m["mountPath"] == FEAST_ROOT]
+    assert claims[mount["name"]] == {"claimName": DATA_VOLUME[0]} and not mount.get("readOnly")
+    assert Path(DATA_VOLUME[1], mount["subPath"]) == Path(FEAST_ROOT)
+    address = urlsplit(FEATURE_SERVER)
+    service = objs["Service/nasrec-feature-server"]
+    assert address.hostname == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
+    assert address.port in {p["port"] for p in service["spec"]["ports"]}

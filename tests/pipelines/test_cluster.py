@@ -96,6 +96,7 @@ def test_submit_uploads_the_compiled_pipeline_with_its_parameters_and_identity(k
         "gpus": 1,
         "code_digest": DIGEST,  # of this checkout's source
         "gpu_node_selector": {"nvidia.com/gpu.present": "true"},  # a GPU run lands on GPU nodes
+        "feature_server": "http://nasrec-feature-server.nasrec.svc:6566",  # where ingest publishes (k8s/)
     }
 
 
@@ -141,7 +142,11 @@ def test_schedule_creates_a_recurring_run_on_a_cron_cached_like_a_run(kfp_api, t
     cached = {name for name, task in tasks.items() if task.get("cachingOptions", {}).get("enableCache")}
     assert {"ingest", "train-supernet", "search", "finetune"} <= cached  # keyed on each run's own fingerprint
     assert "fingerprint" not in cached
-    assert first["runtime_config"]["parameters"] == CLUSTER | {"raw_files": ["/data/latest.txt"], "code_digest": DIGEST}
+    assert first["runtime_config"]["parameters"] == CLUSTER | {
+        "raw_files": ["/data/latest.txt"],
+        "code_digest": DIGEST,
+        "feature_server": "http://nasrec-feature-server.nasrec.svc:6566",
+    }
 
 
 def task(name: str, state: str) -> dict:
