@@ -15,12 +15,14 @@ def train_supernet(
     gpus: int,
     nodes: int,
     job_kind: str,
+    node_selector: dict,
     code_digest: str,
     supernet: Output[Model],
     metrics: Output[Metrics],
 ):
     """Train a supernet over search space `space` for `steps` steps; on the CPU for `gpus` 0, else on CUDA. With
-    `nodes` > 1, a distributed `job_kind` job (PyTorchJob or TrainJob) of that many pods trains it, `gpus` each.
+    `nodes` > 1, a distributed `job_kind` job (PyTorchJob or TrainJob) of that many pods trains it, `gpus` each,
+    on nodes matching `node_selector`.
     `code_digest` (of the project's source) makes a code change a new cache key."""
     from pathlib import Path
 
@@ -35,7 +37,9 @@ def train_supernet(
         run = SupernetRun.from_dict({"space": space, "steps": steps, "seed": seed, "progress": False})
         if nodes > 1:
             api = KubernetesAPI.in_cluster()
-            result = train_on_cluster(Path(data.path), Path(supernet.path), run, nodes, gpus, job_kind, api)
+            result = train_on_cluster(
+                Path(data.path), Path(supernet.path), run, nodes, gpus, job_kind, api, node_selector
+            )
         else:
             result = train_step(Path(data.path), Path(supernet.path), run, training_device(gpus))
         log_metrics(metrics, result)

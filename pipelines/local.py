@@ -30,7 +30,17 @@ from components.artifacts import LOG_DIR_VARIABLE
 PRESETS = Path(__file__).with_name("presets")
 SYNTHETIC_OPTIONS = ("synthetic_rows", "synthetic_cardinality")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-STEPS = ("fingerprint", "ingest", "train_supernet", "search", "finetune", "evaluate", "export", "deploy")
+STEPS = (
+    "fingerprint",
+    "ingest",
+    "plan_training",
+    "train_supernet",
+    "search",
+    "finetune",
+    "evaluate",
+    "export",
+    "deploy",
+)
 GATED_STEPS = ("export", "deploy")
 
 

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Metrics, Model, PipelineTask
+from kfp.dsl.pipeline_channel import PipelineChannel
 
 from components.deploy import deploy
 from components.evaluate import evaluate
@@ -25,6 +26,7 @@ from components.export import export
 from components.finetune import finetune
 from components.fingerprint import fingerprint
 from components.ingest import ingest
+from components.plan_training import plan_training
 from components.search import search
 from components.train_supernet import train_supernet
 from pipelines import COMPILED_PIPELINE, DATA_VOLUME, DEPLOY_STEP, FEAST_ROOT, MODEL_VOLUME
@@ -59,7 +61,7 @@ def _mount(task: PipelineTask, volume: tuple[str, str]) -> PipelineTask:
     return kubernetes.mount_pvc(task, pvc_name=volume[0], mount_path=volume[1])
 
 
-def _on_gpu_nodes(task: PipelineTask, gpus: int, node_selector: dict) -> PipelineTask:
+def _on_gpu_nodes(task: PipelineTask, gpus: PipelineChannel, node_selector: dict) -> PipelineTask:
     task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
     kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
     return kubernetes.add_node_selector_json(task, node_selector)
@@ -136,6 +138,9 @@ def nasrec_pipeline(
     )
     data.set_display_name("Ingest through Feast")
     _mount(DATA.apply(data), DATA_VOLUME)
+    plan = plan_training(gpus=gpus, nodes=training_nodes, job_kind=training_job)
+    plan.set_display_name("Plan supernet training")
+    SMALL.apply(plan)
     supernet = train_supernet(
         data=data.outputs["data"],
         space=space,
@@ -144,9 +149,10 @@ def nasrec_pipeline(
         gpus=gpus,
         nodes=training_nodes,
         job_kind=training_job,
+        node_selector=gpu_node_selector,
         code_digest=code_digest,
     )
-    supernet.set_display_name("Train supernet")
+    supernet.set_display_name("Train supernet").after(plan)  # its GPU count is the plan's output
     _mount(supernet, DATA_VOLUME)  # a distributed job's data and supernet pass through it
     for variable, field in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
         kubernetes.use_field_path_as_env(supernet, variable, field)
@@ -173,7 +179,8 @@ def nasrec_pipeline(
         code_digest=code_digest,
     )
     tuned.set_display_name("Fine-tune the top architectures")
-    for task in (supernet, searched, tuned):
+    _on_gpu_nodes(TRAINING.apply(supernet), plan.output, gpu_node_selector)  # no GPU where a job trains
+    for task in (searched, tuned):
         _on_gpu_nodes(TRAINING.apply(task), gpus, gpu_node_selector)
     gate = evaluate(
         data=data.outputs["data"],

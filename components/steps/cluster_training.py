@@ -17,9 +17,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from components.steps.common import check_gpus
 
 SHARED_VOLUME = ("nasrec-data", "/data")  # (claim, mount path): k8s/base/common/storage.yaml
 TRAINING_NAME = "nasrec-training"  # the pods' ServiceAccount and app label (k8s/base/common/pipeline.yaml)
@@ -46,6 +48,7 @@ class TrainingJob:
     namespace: str = "nasrec"
     cpu: str = "4"
     memory: str = "16Gi"
+    node_selector: dict[str, str] = field(default_factory=dict)  # the pipeline's gpu_node_selector
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -91,8 +94,12 @@ class TrainingJob:
                 "containers": [container],
                 "volumes": [_shared_volume()],
                 "tolerations": _gpu_tolerations(self.gpus_per_node),
-            },
+            }
+            | self._node_selector(),
         }
+
+    def _node_selector(self) -> dict[str, Any]:
+        return {"nodeSelector": dict(self.node_selector)} if self.node_selector else {}
 
     def _pytorchjob(self) -> dict[str, Any]:
         replicas = {"Master": 1, "Worker": self.nodes - 1}
@@ -125,8 +132,20 @@ class TrainingJob:
                     "containers": [{"name": node, "volumeMounts": [{"name": "shared", "mountPath": SHARED_VOLUME[1]}]}],
                     "tolerations": _gpu_tolerations(self.gpus_per_node),
                 }
+                | self._node_selector()
             ],
         }
+
+
+def supernet_step_gpus(gpus: int, nodes: int, kind: str) -> int:
+    """The GPUs of the train_supernet step's own pod: `gpus`, or none when a job of `nodes` pods trains and the
+    step only starts and follows it. Checks the request before a run spends its time on ingest."""
+    check_gpus(gpus)
+    if isinstance(nodes, bool) or nodes < 1:
+        raise ValueError(f"training_nodes: 1 (the step trains) or more (a distributed job), got {nodes!r}")
+    if nodes > 1 and kind not in KINDS:
+        raise ValueError(f"training_job {kind!r}: expected one of {sorted(KINDS)}")
+    return 0 if nodes > 1 else gpus
 
 
 def _shared_volume() -> dict[str, Any]:

@@ -101,11 +101,13 @@ def train_on_cluster(
     gpus: int,
     kind: str,
     api: KubernetesAPI,
+    node_selector: dict[str, str] | None = None,
     shared: Path = Path(SHARED_VOLUME[1]),
     timeout_s: float = 48 * 3600,
 ) -> dict[str, Any]:
-    """Train on `nodes` pods (`gpus` each, 0: CPUs) as a `kind` job running this pod's own image; the data and
-    the supernet pass through `shared` (the nasrec-data volume, mounted in this pod and the job's)."""
+    """Train on `nodes` pods (`gpus` each, 0: CPUs; on nodes matching `node_selector`) as a `kind` job running
+    this pod's own image; the data and the supernet pass through `shared` (the nasrec-data volume, mounted in this
+    pod and the job's)."""
     namespace, image = own_pod(api)
     name = f"nasrec-supernet-{uuid.uuid4().hex[:8]}"
     work = shared / "jobs" / name
@@ -113,7 +115,7 @@ def train_on_cluster(
     try:
         device = "cuda" if gpus else "cpu"
         command = ("-m", __name__, str(work / "data"), str(work / "supernet"), json.dumps(run.to_dict()), device)
-        job = TrainingJob(name, image, command, nodes, gpus, kind, namespace)
+        job = TrainingJob(name, image, command, nodes, gpus, kind, namespace, node_selector=node_selector or {})
         run_job(api, job, timeout_s)
         shutil.copytree(work / "supernet", out, dirs_exist_ok=True)
     finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.steps.cluster_training import KubernetesAPI, KubernetesError, TrainingJob, run_job
+from components.steps.cluster_training import KubernetesAPI, KubernetesError, TrainingJob, run_job, supernet_step_gpus
 from components.steps.train_supernet import SupernetRun, train_on_cluster
 from tests.fake_http import JSONHandler, serving
 from tests.k8s.conftest import ROOT, validation_errors
@@ -22,8 +22,12 @@ from tests.k8s.conftest import ROOT, validation_errors
 COMMAND = ("-m", "components.steps.train_supernet", "/data/jobs/j1/data", "/data/jobs/j1/supernet", "{}", "cuda")
 
 
+GPU_NODES = {"nvidia.com/gpu.present": "true"}
+
+
 def job(kind: str, gpus: int = 1) -> TrainingJob:
-    return TrainingJob("j1", "ghcr.io/nasrec-pipeline/nasrec-pipeline:3f2a9c1-cuda", COMMAND, 4, gpus, kind)
+    image = "ghcr.io/nasrec-pipeline/nasrec-pipeline:3f2a9c1-cuda"
+    return TrainingJob("j1", image, COMMAND, 4, gpus, kind, node_selector=GPU_NODES if gpus else {})
 
 
 @pytest.mark.parametrize("kind", ["PyTorchJob", "TrainJob"])
@@ -47,10 +51,23 @@ def test_a_pytorchjob_runs_torchrun_on_every_node_as_the_training_identity() -> 
     assert pod["spec"]["serviceAccountName"] == "nasrec-training" and not pod["spec"]["automountServiceAccountToken"]
     assert pod["spec"]["securityContext"]["runAsNonRoot"] and container["securityContext"]["capabilities"]
     assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "nasrec-data"
-    assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu" and pod["spec"]["nodeSelector"] == GPU_NODES
     cpu = job("PyTorchJob", gpus=0).manifest()["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
     assert "nvidia.com/gpu" not in cpu["spec"]["containers"][0]["resources"]["limits"]
-    assert cpu["spec"]["tolerations"] == []
+    assert cpu["spec"]["tolerations"] == [] and "nodeSelector" not in cpu["spec"]
+    (override,) = job("TrainJob").manifest()["spec"]["podSpecOverrides"]
+    assert override["nodeSelector"] == GPU_NODES
+
+
+def test_the_plan_gives_the_supernet_step_no_gpu_where_a_job_trains_and_refuses_what_cannot_run() -> None:
+    assert [supernet_step_gpus(1, 1, "PyTorchJob"), supernet_step_gpus(0, 1, "")] == [1, 0]
+    assert supernet_step_gpus(1, 4, "TrainJob") == 0  # the job's four pods take a GPU each; the step waits
+    with pytest.raises(ValueError, match=r"training_nodes: 1 \(the step trains\) or more .* got 0"):
+        supernet_step_gpus(1, 0, "PyTorchJob")
+    with pytest.raises(ValueError, match=r"training_job 'MPIJob': expected one of"):
+        supernet_step_gpus(1, 2, "MPIJob")
+    with pytest.raises(ValueError, match=r"gpus: 0 \(the CPU\) or 1"):
+        supernet_step_gpus(2, 1, "PyTorchJob")
 
 
 def test_a_job_of_one_node_or_an_unknown_kind_is_refused() -> None:
@@ -161,12 +178,13 @@ def test_a_distributed_step_trains_the_supernet_through_the_job_it_creates(inges
     run = SupernetRun(steps=20, checkpoint_every=10, progress=False)
     with serving(handler) as url:
         api = KubernetesAPI(url)
-        metrics = train_on_cluster(ingested, tmp_path / "supernet", run, 2, 0, "PyTorchJob", api, tmp_path / "shared")
+        metrics = train_on_cluster(
+            ingested, tmp_path / "supernet", run, 2, 0, "PyTorchJob", api, {"pool": "cpu"}, tmp_path / "shared"
+        )
     assert metrics["world_size"] == 2 and metrics["training"]["steps"] == 20  # two processes trained it
     assert (tmp_path / "supernet" / "checkpoint.pt").exists()
     (created,) = [body for method, _, body, _ in handler.requests if method == "POST"]
     assert created["metadata"]["namespace"] == "team-a"  # the step's own namespace, and image:
-    assert created["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["image"] == (
-        "nasrec:3f2a9c1-cpu"
-    )
+    worker = created["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+    assert worker["containers"][0]["image"] == "nasrec:3f2a9c1-cpu" and worker["nodeSelector"] == {"pool": "cpu"}
     assert list((tmp_path / "shared" / "jobs").iterdir()) == []  # the job's copy of the data is gone

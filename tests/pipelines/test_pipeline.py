@@ -35,7 +35,10 @@ def test_the_compiled_pipeline_pins_images_requests_gpus_and_caches_only_pure_st
     }
     for step in TRAINING:
         accelerator = executors[f"exec-{step}"]["container"]["resources"]["accelerator"]
-        assert accelerator["resourceType"] == "nvidia.com/gpu" and "gpus" in accelerator["resourceCount"]
+        assert accelerator["resourceType"] == "nvidia.com/gpu", step
+        # train_supernet's own pod holds no GPU where a distributed job trains: the plan says how many it takes
+        given = "plan-training-Output" if step == "train-supernet" else "pipelinechannel--gpus"
+        assert given in accelerator["resourceCount"], step
     tasks = spec["root"]["dag"]["tasks"] | spec["components"]["comp-condition-1"]["dag"]["tasks"]
     tasks = {name: task for name, task in tasks.items() if name in images}  # the steps, not the condition
     assert sorted(tasks) == sorted(images)
@@ -45,6 +48,7 @@ def test_the_compiled_pipeline_pins_images_requests_gpus_and_caches_only_pure_st
     assert tasks["ingest"]["inputs"]["parameters"]["data_digest"]["taskOutputParameter"]["producerTask"] == (
         "fingerprint"
     )
+    assert "plan-training" in tasks["train-supernet"]["dependentTasks"]
     for step in ("ingest", *TRAINING):  # a code change is a new cache key of every cached step
         code = tasks[step]["inputs"]["parameters"]["code_digest"]["componentInputParameter"]
         assert code == "code_digest", step
@@ -129,6 +133,7 @@ def test_a_rerun_reuses_the_pure_steps_and_the_gate_can_refuse(tiny_run, tmp_pat
     assert times["fingerprint"].endswith(" s")  # taken on every run
     assert {step for step, took in times.items() if took == "reused from the cache"} == {
         "ingest",
+        "plan_training",
         "train_supernet",
         "search",
         "finetune",
