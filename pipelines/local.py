@@ -13,6 +13,7 @@ rows of the log.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import os
 import re
@@ -21,11 +22,14 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from components.artifacts import LOG_DIR_VARIABLE
+
+if TYPE_CHECKING:
+    from kfp.dsl.graph_component import GraphComponent
 
 PRESETS = Path(__file__).with_name("presets")
 SYNTHETIC_OPTIONS = ("synthetic_rows", "synthetic_cardinality")
@@ -201,7 +205,7 @@ def run_local(parameters: dict[str, Any], out: Path, preset: Preset | None = Non
             # settings that only a cluster uses, and our image names, are expected here
             warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-            task = nasrec_pipeline(**parameters)
+            task = without_retries(nasrec_pipeline)(**parameters)
     except RuntimeError as error:
         failed = re.findall(r"Inner task failed: (.*?)\.?$", ANSI.sub("", str(error)))
         if not failed:  # not a step's failure: kfp's own
@@ -215,6 +219,17 @@ def run_local(parameters: dict[str, Any], out: Path, preset: Preset | None = Non
         else:
             os.environ[LOG_DIR_VARIABLE] = previous
     return LocalRun(out, parameters, dict(task.outputs), started, time.perf_counter() - clock)
+
+
+def without_retries(pipeline: GraphComponent) -> GraphComponent:
+    """A copy of `pipeline` whose steps are not retried. Retries wait out a cluster's transient failures (a lost
+    node, a preempted pod); on one machine a failed step fails again, minutes of backoff later."""
+    local_pipeline = copy.deepcopy(pipeline)
+    graph = local_pipeline.component_spec.implementation.graph
+    for dag in (graph.root.dag, *(c.dag for c in graph.components.values() if c.HasField("dag"))):
+        for task in dag.tasks.values():
+            task.ClearField("retry_policy")
+    return local_pipeline
 
 
 def step_times(run: LocalRun, steps: tuple[str, ...]) -> dict[str, str]:

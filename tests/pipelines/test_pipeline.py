@@ -12,7 +12,15 @@ import yaml
 
 from components.images import CPU_IMAGE, CUDA_IMAGE
 from pipelines import COMPILED_PIPELINE, DATA_VOLUME, MODEL_VOLUME
-from pipelines.local import STEPS, PipelineStepError, Preset, run_local, serve_held_out, step_times
+from pipelines.local import (
+    STEPS,
+    PipelineStepError,
+    Preset,
+    run_local,
+    serve_held_out,
+    step_times,
+    without_retries,
+)
 from pipelines.pipeline import compile_pipeline
 from serving.export import read_metadata
 from serving.repository import versions
@@ -85,6 +93,18 @@ def test_on_a_cluster_each_step_mounts_its_volume_is_sized_retried_and_training_
     assert retried == dict.fromkeys((n.removeprefix("exec-") for n in executors), 2)
 
 
+def test_a_local_run_fails_at_once_where_a_cluster_retries() -> None:
+    from pipelines.pipeline import nasrec_pipeline
+
+    def retried(pipeline) -> set[str]:
+        graph = pipeline.component_spec.implementation.graph
+        dags = (graph.root.dag, *(c.dag for c in graph.components.values() if c.HasField("dag")))
+        return {name for dag in dags for name, task in dag.tasks.items() if task.HasField("retry_policy")}
+
+    assert retried(nasrec_pipeline) == {step.replace("_", "-") for step in STEPS}
+    assert retried(without_retries(nasrec_pipeline)) == set()
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory):
     preset = Preset.load("tiny")
@@ -149,9 +169,14 @@ def test_a_rerun_reuses_the_pure_steps_and_the_gate_can_refuse(tiny_run, tmp_pat
     assert versions(strict.repository / "nasrec_criteo") == [1]  # nothing exported, nothing deployed
     (log,) = tiny_run.parameters["raw_files"]
     os.utime(log, ns=(time.time_ns(), time.time_ns()))  # the log rewritten in place, at the same path
-    data_changed = run_local(tiny_run.parameters | {"min_auc": 1.0}, tiny_run.out)
-    assert data_changed.artifact("data") != tiny_run.artifact("data")
-    assert step_times(data_changed, STEPS)["ingest"].endswith(" s")
+    started = time.time()
+    # training_nodes=2 ends the run at train_supernet (a distributed job needs a cluster), after the part tested
+    with pytest.raises(PipelineStepError, match=r"step 'train-supernet' failed"):
+        run_local(tiny_run.parameters | {"training_nodes": 2}, tiny_run.out)
+    logs = tiny_run.out / "logs"
+    assert (logs / "ingest.log").stat().st_mtime >= started  # ingested again: the fingerprint is a new key
+    assert (logs / "ingest.log").read_text().strip().splitlines()[-1].startswith("ingest took ")
+    assert "a distributed run needs a cluster" in (logs / "train_supernet.log").read_text()
 
     with pytest.raises(ValueError, match=r"gpus: 0 \(the CPU\) or 1 \(a training step runs on one GPU\), got 2"):
         run_local(tiny_run.parameters | {"gpus": 2}, tmp_path)  # refused before any step runs
