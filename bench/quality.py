@@ -5,7 +5,9 @@ own steps: Feast ingestion, supernet training, regularised evolution with head f
 training the top-k architectures; the baselines go through the same data path and training loop.
 Every model (each top-k architecture, each baseline) is trained at each point of the same small
 optimiser/learning-rate grid with early stopping on validation AUC; the best validation point is the
-one tested. Nothing looks at the test fold before that.
+one tested. Nothing looks at the test fold before that. Each fold records the winning architecture, its MFLOPs,
+and every model's serving latency: p50/p99 of its ONNX graph in ONNX Runtime (one thread, as served) on one
+request of `--latency-batch` rows, on this machine (serving/latency.py).
 
 The supernet trains for 1,250 steps whatever the data size (about 40 epochs of an 8k-row fold): each
 step trains one sampled subnet, and far fewer leave subnets unranked (see
@@ -19,13 +21,14 @@ components.steps.train_supernet.MIN_SUPERNET_STEPS).
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -36,15 +39,17 @@ from components.steps.finetune import FinetuneRun, read_architectures, train_net
 from components.steps.search import SearchRun, search
 from components.steps.train_supernet import SupernetRun, train_supernet
 from features.schema import DatasetSchema, builtin_schema
-from model.baselines import BASELINES
+from model.baselines import BASELINES, build_baseline
 from model.network import NASRecNet
 from model.search import FitnessConfig, SearchConfig
 from model.trainer import default_device, describe, evaluate
 from model.training import OPTIMIZERS
 from pipelines.studies import train_baseline
+from serving.latency import measure_latency
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_GRID = ("adagrad:0.03", "adagrad:0.1", "adam:0.001", "adam:0.003", "adam:0.01")
+RECORDED = ("test", "validation", "optimizer", "lr", "latency", "architecture", "architecture_rank", "mflops")
 BUILTIN = {"criteo": SHARED / "criteo_kaggle_10k" / "train.txt", "avazu": SHARED / "avazu_10k" / "train.csv"}
 
 
@@ -77,6 +82,9 @@ def parse_args() -> argparse.Namespace:
         "--patience", type=int, default=4, help="validations (every quarter epoch) without gain to stop (default: 4)"
     )
     parser.add_argument("--baselines", nargs="+", default=sorted(BASELINES), help="default: all")
+    parser.add_argument(
+        "--latency-batch", type=int, default=512, help="rows of the request each model's p99 is measured on"
+    )
     parser.add_argument("--device", help="default: cuda when available")
     parser.add_argument("--jobs", type=int, default=1, help="folds run in parallel processes (default: 1)")
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
@@ -154,9 +162,11 @@ def run_fold(k: int, schema: DatasetSchema, raw: Path, folds: Path, args, device
             per_arch.append({"rank": i, "validation": result.best, "net": net})
         best = max(per_arch, key=lambda r: r["validation"]["auc"])
         test = evaluate(best["net"], data_dir.batches("test"), device)
-        return {"validation": best["validation"], "test": test, "architecture_rank": best["rank"]}
+        return {"validation": best["validation"], "test": test, "architecture_rank": best["rank"], "net": best["net"]}
 
-    models = {"nasrecnet": best_over_grid(nasrec, args.grid)}
+    winner = best_over_grid(nasrec, args.grid)
+    net = winner.pop("net")
+    models = {"nasrecnet": winner | {"architecture": net.arch.to_dict(), "mflops": net.mflops()}}
     seconds["nasrecnet_training"], clock = time.perf_counter() - clock, time.perf_counter()
     for name in args.baselines:
 
@@ -165,9 +175,18 @@ def run_fold(k: int, schema: DatasetSchema, raw: Path, folds: Path, args, device
 
         models[name] = best_over_grid(baseline, args.grid)
     seconds["baselines_training"] = time.perf_counter() - clock
+    # serving cost, as served (ONNX Runtime, one thread, on this machine); a baseline's does not depend on weights
+    nets = {"nasrecnet": net} | {name: build_baseline(name, data_dir.input_schema) for name in args.baselines}
+    for name, model in nets.items():
+        models[name]["latency"] = asdict(measure_latency(model.eval(), data_dir.input_schema, args.latency_batch))
     line = ", ".join(f"{n} {m['test']['auc']:.4f}" for n, m in models.items())
     phases = ", ".join(f"{n} {v:.0f} s" for n, v in seconds.items())
     print(f"fold {k}: test AUC {line}; {phases}", flush=True)
+    print(
+        f"fold {k}: winner {net.mflops():.3f} MFLOPs, p99 {models['nasrecnet']['latency']['p99_ms']:.2f} ms at "
+        f"batch {args.latency_batch}: {json.dumps(models['nasrecnet']['architecture'])}",
+        flush=True,
+    )
     return models
 
 
@@ -182,6 +201,7 @@ def summarise(folds: list[dict]) -> dict:
             "auc_std": statistics.stdev(auc) if len(auc) > 1 else 0.0,
             "log_loss_mean": statistics.fmean(loss),
             "log_loss_std": statistics.stdev(loss) if len(loss) > 1 else 0.0,
+            "latency_p99_ms_mean": statistics.fmean(f[name]["latency"]["p99_ms"] for f in folds),
         }
         if name != "nasrecnet":
             diff = [f["nasrecnet"]["test"]["auc"] - f[name]["test"]["auc"] for f in folds]
@@ -202,7 +222,8 @@ def report(schema: DatasetSchema, args: argparse.Namespace, results: dict[int, d
             paired = f"   NASRecNet - {name}: {diff:+.4f} ± {spread:.4f}"
         print(
             f"  {name:10s} AUC {row['auc_mean']:.4f} ± {row['auc_std']:.4f}   "
-            f"log loss {row['log_loss_mean']:.4f} ± {row['log_loss_std']:.4f}{paired}",
+            f"log loss {row['log_loss_mean']:.4f} ± {row['log_loss_std']:.4f}   "
+            f"p99 {row['latency_p99_ms_mean']:.2f} ms{paired}",
             flush=True,
         )
     write_json(
@@ -215,8 +236,7 @@ def report(schema: DatasetSchema, args: argparse.Namespace, results: dict[int, d
             "seconds": round(seconds, 1),
             "table": table,
             "per_fold": {
-                k: {n: {key: m[key] for key in ("test", "validation", "optimizer", "lr")} for n, m in f.items()}
-                for k, f in results.items()
+                k: {n: {key: m[key] for key in RECORDED if key in m} for n, m in f.items()} for k, f in results.items()
             },
         },
     )

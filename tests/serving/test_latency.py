@@ -1,0 +1,42 @@
+"""Serving latency as the search and the benchmarks measure it: a network's ONNX graph in ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.baselines import build_baseline
+from model.network import InputSchema, NASRecNet
+from model.sampling import ArchitectureSampler
+from model.space import get_space
+from serving.latency import Latency, LatencyBudget, example_inputs, measure_latency
+
+SCHEMA = InputSchema(3, (5, 70, 1))
+
+
+def test_example_requests_read_every_feature_within_its_vocabulary() -> None:
+    dense, sparse = example_inputs(SCHEMA, 300)
+    assert dense.shape == (300, 3) and dense.dtype == np.float32
+    assert sparse.shape == (300, 3) and sparse.dtype == np.int64
+    assert (sparse >= 0).all() and (sparse < np.array(SCHEMA.cardinalities)).all()
+    assert len(np.unique(sparse[:, 1])) > 30  # spread over the vocabulary, not one row read again and again
+
+
+@pytest.mark.parametrize("kind", ["nasrecnet", "deepfm"])
+def test_a_network_is_timed_as_served(kind: str) -> None:
+    net = NASRecNet(ArchitectureSampler(get_space("demo"), seed=3).sample(), SCHEMA) if kind == "nasrecnet" else None
+    latency = measure_latency((net or build_baseline(kind, SCHEMA)).eval(), SCHEMA, batch_size=64, runs=20)
+    assert latency.batch_size == 64 and latency.runs == 20
+    assert 0 < latency.p50_ms <= latency.p99_ms
+
+
+def test_a_budget_is_checked_and_compared_at_its_own_batch_size() -> None:
+    measured = Latency(batch_size=512, p50_ms=3.0, p99_ms=4.5, runs=200)
+    assert measured.within(LatencyBudget(5.0)) and not measured.within(LatencyBudget(4.0))
+    with pytest.raises(ValueError, match=r"measured at batch 512, budget given at 1"):
+        measured.within(LatencyBudget(5.0, batch_size=1))
+    for wrong in (0, -1.0, True):
+        with pytest.raises(ValueError, match=r"latency budget: p99_ms must be > 0"):
+            LatencyBudget(wrong)
+    with pytest.raises(ValueError, match=r"latency budget: batch_size must be a positive integer, got 0"):
+        LatencyBudget(5.0, batch_size=0)
