@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.optimize import nnls
 from torch import nn
 
-from model.network import InputSchema
+from model.network import BlockNetwork, InputSchema
+from model.ops import EMBEDDING_DIM
 from serving.export import export_onnx, onnx_session
 from serving.interface import DENSE_INPUT, SPARSE_INPUT
 
@@ -79,3 +81,43 @@ def measure_latency(net: nn.Module, schema: InputSchema, batch_size: int = 512, 
     with tempfile.TemporaryDirectory(prefix="nasrec-latency-") as folder:
         path = export_onnx(net, Path(folder) / "model.onnx", {}, (torch.from_numpy(dense), torch.from_numpy(sparse)))
         return onnx_latency(path, dense, sparse, runs)
+
+
+# What an architecture's served latency grows with, per live block: attention tokens (small-head attention is many
+# small kernels per token), and the elements each block's inputs concatenate (memory traffic). MFLOPs alone
+# predicts it worse: the work is not in multiply-adds (bench/results/latency_model/FINDINGS.md).
+LATENCY_FEATURES = ("constant", "attention_tokens", "input_elements")
+
+
+def latency_features(net: BlockNetwork) -> np.ndarray:
+    """The features of LATENCY_FEATURES for `net` (a shape-only network is enough: built on the meta device)."""
+    attention_tokens = input_elements = 0
+    for block in net.blocks.values():
+        spec, inputs = block.spec, next(iter(block.dense_ops.values())).inputs
+        attention_tokens += spec.sparse_tokens * spec.sparse_ops.count("attention")
+        input_elements += inputs.dense + inputs.sparse * EMBEDDING_DIM
+    return np.array([1.0, attention_tokens / 100, input_elements / 1000])
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """p99 (ms) = weights . latency_features, non-negative weights fitted to measured networks on one machine at
+    one batch size; `error` is its leave-one-out mean relative error on those measurements."""
+
+    weights: tuple[float, ...]
+    batch_size: int
+    error: float
+
+    @classmethod
+    def fit(cls, features: np.ndarray, p99_ms: np.ndarray, batch_size: int) -> LatencyModel:
+        if len(p99_ms) < features.shape[1] + 2:
+            raise ValueError(f"a latency model needs at least {features.shape[1] + 2} measured networks")
+        errors = []
+        for held_out in range(len(p99_ms)):
+            rest = np.arange(len(p99_ms)) != held_out
+            weights = nnls(features[rest], p99_ms[rest])[0]
+            errors.append(abs(features[held_out] @ weights - p99_ms[held_out]) / p99_ms[held_out])
+        return cls(tuple(nnls(features, p99_ms)[0].tolist()), batch_size, float(np.mean(errors)))
+
+    def predict(self, net: BlockNetwork) -> float:
+        return float(latency_features(net) @ np.array(self.weights))
