@@ -14,6 +14,8 @@ def search(
     generations: int,
     top_k: int,
     max_mflops: float,
+    max_latency_ms: float,
+    latency_batch: int,
     fitness_steps: int,
     seed: int,
     gpus: int,
@@ -24,7 +26,8 @@ def search(
     metrics: Output[Metrics],
 ):
     """Search with a population of `population` for `generations` generations; candidates are scored after
-    `fitness_steps` steps of head fine-tuning; `max_mflops` > 0 rejects costlier architectures;
+    `fitness_steps` steps of head fine-tuning; `max_mflops` > 0 rejects costlier architectures, and
+    `max_latency_ms` > 0 slower ones (p99 of a `latency_batch`-row request as served, measured on this node);
     `gpus` 0: on the CPU, else on CUDA. `code_digest` (of the project's source) makes a code change a new cache key."""
     import json
     from pathlib import Path
@@ -36,7 +39,9 @@ def search(
         from components.steps.search import SearchRun
         from components.steps.search import search as search_step
 
-        run = SearchRun.for_budget(population, generations, top_k, max_mflops, fitness_steps, seed)
+        run = SearchRun.for_budget(
+            population, generations, top_k, max_mflops, fitness_steps, seed, max_latency_ms, latency_batch
+        )
         checkpoint = Path(supernet.path) / "checkpoint.pt"
         summary = search_step(checkpoint, Path(data.path), Path(history.path), run, training_device(gpus))
         out = Path(history.path)

@@ -296,15 +296,18 @@ def regularized_evolution(
     history: SearchHistory,
     use_layernorm: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    admissible: Callable[[Architecture], bool] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the search; returns every evaluated record in evaluation order (best = lowest val_logloss)."""
+    """Run the search; returns every evaluated record in evaluation order (best = lowest val_logloss).
+    `admissible`, when given, is a further constraint every candidate meets (the serving-latency budget)."""
     rng = random.Random(config.seed)
     sampler = ArchitectureSampler(space, config.seed, use_layernorm)
     seen: set[Architecture] = set()
     done: list[dict[str, Any]] = []
 
     def affordable(arch: Architecture) -> bool:
-        return config.max_mflops is None or architecture_cost(arch, schema)[0] <= config.max_mflops
+        within_mflops = config.max_mflops is None or architecture_cost(arch, schema)[0] <= config.max_mflops
+        return within_mflops and (admissible is None or admissible(arch))
 
     def run(archs: list[Architecture], generation: int) -> list[dict[str, Any]]:
         new = [a for a in archs if a not in history.records]
@@ -348,7 +351,10 @@ def regularized_evolution(
 
 
 def _budget_error(budget: float | None) -> ValueError:
-    return ValueError(f"no new architecture within --max-mflops {budget} after {_MAX_DRAWS} draws; raise the budget")
+    return ValueError(
+        f"no new architecture within the budget (--max-mflops {budget}, and the latency budget if given) after "
+        f"{_MAX_DRAWS} draws; raise the budget"
+    )
 
 
 def top_k(records: Iterable[dict[str, Any]], k: int) -> list[dict[str, Any]]:

@@ -122,7 +122,9 @@ def cmd_search(args: argparse.Namespace) -> None:
     best = summary["best"]
     print(
         f"{summary['evaluations']} architectures evaluated; best: validation log loss {best['val_logloss']:.4f}, "
-        f"AUC {best['val_auc']:.4f}, {best['mflops']:.3f} MFLOPs; wrote {args.out}"
+        f"AUC {best['val_auc']:.4f}, {best['mflops']:.3f} MFLOPs"
+        + (f", p99 {best['latency_p99_ms']:.2f} ms as served" if "latency_p99_ms" in best else "")
+        + f"; wrote {args.out}"
     )
 
 
@@ -607,6 +609,18 @@ def _search_options(parser: argparse.ArgumentParser, evolution: bool = True) -> 
     )
     parser.add_argument(
         "--max-mflops", type=float, help="reject architectures costing more MFLOPs per sample (default: no limit)"
+    )
+    parser.add_argument(
+        "--max-latency-ms",
+        type=float,
+        default=0.0,
+        help="serving-latency budget: p99 in ms of one --latency-batch request as served (ONNX Runtime, one thread, "
+        "this machine). A latency model fitted to --latency-calibration measured networks drops the clearly too "
+        "slow candidates, and the best are measured: the top-k all meet it (default: 0, no budget)",
+    )
+    parser.add_argument("--latency-batch", type=int, default=512, help="rows of the budget's request (default: 512)")
+    parser.add_argument(
+        "--latency-calibration", type=int, default=16, help="networks measured to fit the latency model (default: 16)"
     )
 
 

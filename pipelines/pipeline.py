@@ -92,6 +92,8 @@ def nasrec_pipeline(
     generations: int = 4,
     top_k: int = 3,
     max_mflops: float = 0.0,
+    max_latency_ms: float = 0.0,
+    latency_batch: int = 512,
     fitness_steps: int = 100,
     finetune_epochs: float = 1.0,
     seed: int = 0,
@@ -112,6 +114,8 @@ def nasrec_pipeline(
     YAML path; folds/fold: a row,fold file and the test fold (empty: split by time); code_digest: changes when
     the project's code does (a cache key; run-local, submit and schedule compute it). space: search-space preset;
     supernet_steps; population/generations/top_k/max_mflops (0: no limit)/fitness_steps: the search budget;
+    max_latency_ms (0: none)/latency_batch: the serving-latency budget, p99 of a request of that many rows as
+    served (ONNX Runtime, one thread), measured where the search runs;
     finetune_epochs; seed; gpus: 0 for the CPU (even where a GPU is present), 1 for a GPU for each training step;
     training_nodes: above 1, on a cluster, the supernet is trained by a distributed job of that many pods
     (training_job: PyTorchJob or TrainJob), `gpus` GPUs each;
@@ -163,6 +167,8 @@ def nasrec_pipeline(
         generations=generations,
         top_k=top_k,
         max_mflops=max_mflops,
+        max_latency_ms=max_latency_ms,
+        latency_batch=latency_batch,
         fitness_steps=fitness_steps,
         seed=seed,
         gpus=gpus,

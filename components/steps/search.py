@@ -5,16 +5,19 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from components.steps.common import StepConfig, architecture_progress, write_json
 from components.steps.data import IngestedData
 from components.steps.plots import plot_auc_vs_mflops, plot_search_trajectory
 from model.arch import Architecture
+from model.network import InputSchema, NASRecNet
+from model.sampling import ArchitectureSampler
 from model.search import (
     FitnessConfig,
     SearchConfig,
@@ -27,6 +30,7 @@ from model.search import (
 from model.supernet import Supernet
 from model.trainer import load_model
 from model.training import Batch
+from serving.latency import LatencyBudget, LatencyModel, latency_features, measure_latency
 
 FINETUNE_SPLITS = ("train", "validation")
 
@@ -42,14 +46,25 @@ class SearchRun(StepConfig):
     # "validation": fine-tune on the validation batches after the scored ones. A supernet trained for
     # many epochs has memorised its training rows, and a head fitted to their features over-trusts them.
     finetune_split: str = "train"
+    max_latency_ms: float = 0.0  # p99 as served (ONNX Runtime, one thread, this machine); 0: no budget
+    latency_batch: int = 512  # rows of the request the budget is for
+    latency_calibration: int = 16  # networks measured to fit the latency model that pre-filters candidates
 
     @classmethod
     def for_budget(
-        cls, population: int, generations: int, top_k: int, max_mflops: float, fitness_steps: int, seed: int
+        cls,
+        population: int,
+        generations: int,
+        top_k: int,
+        max_mflops: float,
+        fitness_steps: int,
+        seed: int,
+        max_latency_ms: float = 0.0,
+        latency_batch: int = 512,
     ) -> SearchRun:
         """The search a pipeline budget describes: half the population drawn to pick each parent, a quarter
         of it new children a generation, `fitness_steps` of head fine-tuning with a tenth as warm-up;
-        `max_mflops` 0 means no limit."""
+        `max_mflops` and `max_latency_ms` 0 mean no limit."""
         evolution = {
             "population": population,
             "generations": generations,
@@ -59,7 +74,8 @@ class SearchRun(StepConfig):
             "seed": seed,
             "fitness": {"finetune_steps": fitness_steps, "finetune_warmup_steps": fitness_steps // 10},
         }
-        return cls.from_dict({"search": evolution, "top_k": top_k})
+        latency = {"max_latency_ms": max_latency_ms, "latency_batch": latency_batch}
+        return cls.from_dict({"search": evolution, "top_k": top_k} | latency)
 
     def __post_init__(self) -> None:
         if self.finetune_split not in FINETUNE_SPLITS:
@@ -68,6 +84,14 @@ class SearchRun(StepConfig):
             raise ValueError(
                 "the subnet fitness trains whole subnets, on training rows only: use finetune_split 'train'"
             )
+        if self.max_latency_ms:
+            LatencyBudget(self.max_latency_ms, self.latency_batch)  # checks both
+        if self.latency_calibration < 5:
+            raise ValueError(f"latency_calibration: at least 5 networks, got {self.latency_calibration}")
+
+    @property
+    def latency_budget(self) -> LatencyBudget | None:
+        return LatencyBudget(self.max_latency_ms, self.latency_batch) if self.max_latency_ms else None
 
 
 def fixed_batches(data: IngestedData, run: SearchRun, seed: int) -> tuple[list[Batch], list[Batch]]:
@@ -126,6 +150,10 @@ def search(supernet_path: Path, data_dir: Path, out: Path, run: SearchRun, devic
     history = SearchHistory(out / "history.jsonl")
     if history.records:
         print(f"resuming: {len(history.records)} evaluations in {history.path} are reused")
+    budget = run.latency_budget
+    admissible = None
+    if budget is not None:
+        admissible = latency_prefilter(latency_model(supernet, run, out), budget, supernet.schema)
     with fitness_scores(supernet_path, supernet, batches, run.search.fitness, device, run.workers, out) as score:
         records = regularized_evolution(
             supernet.space,
@@ -135,8 +163,9 @@ def search(supernet_path: Path, data_dir: Path, out: Path, run: SearchRun, devic
             history,
             supernet.use_layernorm,
             progress=architecture_progress("search"),
+            admissible=admissible,
         )
-    best = top_k(records, run.top_k)
+    best = top_k(records, run.top_k) if budget is None else measured_top_k(records, run.top_k, budget, supernet.schema)
     write_json(out / "top_k.json", best)
     plot_search_trajectory(records, out / "search_trajectory.png")
     plot_auc_vs_mflops(records, out / "auc_vs_mflops.png")
@@ -149,6 +178,64 @@ def search(supernet_path: Path, data_dir: Path, out: Path, run: SearchRun, devic
     }
     write_json(out / "summary.json", summary)
     return summary
+
+
+def latency_model(supernet: Supernet, run: SearchRun, out: Path) -> LatencyModel:
+    """The latency model the candidates are pre-filtered with: fitted to `run.latency_calibration` networks of
+    the space measured as served, or read from OUT/latency_model.json, so a resumed search decides the same."""
+    path = out / "latency_model.json"
+    if path.exists():
+        fields = json.loads(path.read_text())
+        recorded = LatencyModel(tuple(fields["weights"]), fields["batch_size"], fields["error"])
+        if recorded.batch_size == run.latency_batch:
+            return recorded
+    sampler = ArchitectureSampler(supernet.space, seed=run.search.seed + 1, use_layernorm=supernet.use_layernorm)
+    features, p99 = [], []
+    for i in range(run.latency_calibration):
+        net = NASRecNet(sampler.sample(), supernet.schema).eval()
+        p99.append(measure_latency(net, supernet.schema, run.latency_batch).p99_ms)
+        features.append(latency_features(net))
+        print(f"latency calibration {i + 1}/{run.latency_calibration}: p99 {p99[-1]:.2f} ms", flush=True)
+    model = LatencyModel.fit(np.array(features), np.array(p99), run.latency_batch)
+    print(f"latency model: leave-one-out mean relative error {model.error:.2f} over {len(p99)} networks", flush=True)
+    write_json(path, asdict(model))
+    return model
+
+
+def latency_prefilter(model: LatencyModel, budget: LatencyBudget, schema: InputSchema) -> Callable[..., bool]:
+    """Whether a candidate may be within `budget`: its predicted p99 within the budget widened by the model's
+    error (the top candidates are measured afterwards, so the filter only drops the clearly too slow)."""
+    limit = budget.p99_ms * (1 + model.error)
+
+    def admissible(arch: Architecture) -> bool:
+        with torch.device("meta"):
+            return model.predict(NASRecNet(arch, schema)) <= limit
+
+    return admissible
+
+
+def measured_top_k(
+    records: list[dict[str, Any]], k: int, budget: LatencyBudget, schema: InputSchema
+) -> list[dict[str, Any]]:
+    """The k best distinct architectures whose measured p99 meets `budget`, each with its latency; candidates
+    are measured best first, at most 3k + 5 of them."""
+    chosen, slowest = [], []
+    for record in top_k(records, 3 * k + 5):
+        net = NASRecNet(Architecture.from_dict(record["architecture"]), schema).eval()
+        latency = measure_latency(net, schema, budget.batch_size)
+        measured = {**record, "latency_p50_ms": latency.p50_ms, "latency_p99_ms": latency.p99_ms}
+        (chosen if latency.within(budget) else slowest).append(measured)
+        if len(chosen) == k:
+            break
+    if not chosen:
+        fastest = min(r["latency_p99_ms"] for r in slowest)
+        raise ValueError(
+            f"none of the {len(slowest)} best architectures meets the latency budget of {budget.p99_ms} ms p99 at "
+            f"batch {budget.batch_size} (the fastest measured {fastest:.2f} ms): raise the budget, or search a "
+            "space with cheaper operators"
+        )
+    print(f"latency: {len(chosen)} of the {len(chosen) + len(slowest)} best measured meet {budget.p99_ms} ms p99")
+    return chosen
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ CONFIGS = [
     IngestRun(schema="avazu", feature_server="http://feast:6566", feast_root=Path("/data/feast")),
     SupernetRun(space="nasrec-small", steps=40),
     SearchRun(search=SearchConfig(population=4, children=2, max_mflops=0.3, fitness=FitnessConfig.for_method("head"))),
+    SearchRun(max_latency_ms=5.0, latency_batch=256, latency_calibration=8),
     FinetuneRun(steps=7, warm_start=True),
     EvaluateRun(min_auc=0.7, repository="runs/triton"),
     ExportRun(rows=100, external_data=True),
@@ -49,6 +50,10 @@ def test_a_bad_config_names_the_field_at_fault() -> None:
         SearchRun.from_dict({"search": 3})
     with pytest.raises(ValueError, match=r"IngestRun\.folds: expected a path, got ''"):
         IngestRun.from_dict({"folds": ""})
+    with pytest.raises(ValueError, match=r"latency budget: p99_ms must be > 0, got -1"):
+        SearchRun.from_dict({"max_latency_ms": -1})
+    with pytest.raises(ValueError, match=r"latency_calibration: at least 5 networks, got 2"):
+        SearchRun.from_dict({"latency_calibration": 2})
     with pytest.raises(ValueError, match=r"feature_server: publishing needs feast_root"):
         IngestRun.from_dict({"feature_server": "http://feast:6566"})
     with pytest.raises(ValueError, match=r"EvaluateRun\.min_auc: expected float, got True"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -13,11 +13,14 @@ import torch
 import components.steps.train_supernet as supernet_step
 from components.steps.data import IngestedData
 from components.steps.finetune import FinetuneRun, finetune, read_architectures
-from components.steps.search import fixed_batches, search
+from components.steps.search import fixed_batches, latency_model, latency_prefilter, measured_top_k, search
 from components.steps.train_supernet import SupernetRun, train_supernet
+from model.arch import Architecture
 from model.sampling import ArchitectureSampler
 from model.search import FitnessConfig, build_fitness
+from model.space import get_space
 from model.trainer import evaluate, load_checkpoint, load_model
+from serving.latency import LatencyBudget, LatencyModel
 from tests.conftest import CPU, TINY_SEARCH, TINY_SUBNET_FITNESS, TINY_SUBNET_SEARCH
 
 
@@ -181,6 +184,36 @@ def test_a_tight_mflops_budget_is_respected_or_reported(ingested: Path, supernet
     impossible = replace(TINY_SEARCH, search=replace(TINY_SEARCH.search, max_mflops=1e-6))
     with pytest.raises(ValueError, match="max-mflops"):
         search(checkpoint, ingested, tmp_path / "none", impossible, CPU)
+
+
+def test_a_latency_budget_prefilters_with_a_calibrated_model_and_measures_the_top_k(
+    ingested: Path, supernet_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    checkpoint, out = supernet_dir / "checkpoint.pt", tmp_path / "within"
+    run = replace(TINY_SEARCH, top_k=2, max_latency_ms=10_000.0, latency_batch=64, latency_calibration=5)
+    search(checkpoint, ingested, out, run, CPU)
+    top = json.loads((out / "top_k.json").read_text())
+    assert len(top) == 2 and all(0 < r["latency_p50_ms"] <= r["latency_p99_ms"] for r in top)  # measured
+    model = json.loads((out / "latency_model.json").read_text())
+    assert model["batch_size"] == 64 and len(model["weights"]) == 3 and model["error"] >= 0
+    assert capsys.readouterr().out.count("latency calibration") == 5
+    # a resumed search reads the recorded model, so its filter decides as before
+    assert asdict(latency_model(load_model(checkpoint), run, out)) == model | {"weights": tuple(model["weights"])}
+    assert "latency calibration" not in capsys.readouterr().out
+
+    schema = IngestedData(ingested).input_schema
+    with pytest.raises(ValueError, match=r"none of the 1 best architectures meets the latency budget of 1e-06 ms"):
+        measured_top_k(_history(out)[:1], 1, LatencyBudget(1e-6, batch_size=64), schema)
+
+
+def test_the_latency_prefilter_drops_what_the_model_predicts_over_the_widened_budget(ingested: Path) -> None:
+    schema = IngestedData(ingested).input_schema
+    arch = ArchitectureSampler(get_space("demo"), seed=4).sample()
+    cheap = Architecture(tuple(replace(b, sparse_op="efc") for b in arch.blocks))
+    costly = Architecture(tuple(replace(b, sparse_op="attention", sparse_tokens=32) for b in arch.blocks))
+    by_attention = LatencyModel(weights=(0.0, 1.0, 0.0), batch_size=512, error=0.5)  # ms per 100 tokens
+    admissible = latency_prefilter(by_attention, LatencyBudget(0.2), schema)  # 0.3 ms with the model's error
+    assert admissible(cheap) and not admissible(costly)
 
 
 def test_finetune_picks_the_best_on_validation(ingested: Path, supernet_dir: Path, tmp_path: Path) -> None:

@@ -131,8 +131,13 @@ def test_the_export_step_records_the_test_metrics_and_the_weights_digest_the_gat
 ) -> None:
     evaluation = tmp_path / "evaluation.json"
     evaluation.write_text(json.dumps({"test": {"auc": 0.7123456789, "log_loss": 0.45, "rows": 1000}}))
-    record = export(criteo_exported.models[0], None, tmp_path / "export", ExportRun(rows=200), evaluation)
+    record = export(
+        criteo_exported.models[0], None, tmp_path / "export", ExportRun(rows=200, latency_batch=64), evaluation
+    )
     assert record["parity"]["rows"] == 200
+    latency = record["latency"]  # reported beside the test metrics, and kept with the export
+    assert latency["batch_size"] == 64 and 0 < latency["p50_ms"] <= latency["p99_ms"]
+    assert json.loads((tmp_path / "export" / "export.json").read_text())["latency"] == latency
     metadata = read_metadata(tmp_path / "export" / MODEL_FILE)
     assert float(metadata["test_auc"]) == 0.7123456789 and float(metadata["test_log_loss"]) == 0.45
     add_version(tmp_path / "export", tmp_path / "repository", "ctr", ServingConfig())
