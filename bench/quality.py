@@ -85,6 +85,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--latency-batch", type=int, default=512, help="rows of the request each model's p99 is measured on"
     )
+    parser.add_argument(
+        "--max-latency-ms", type=float, default=0.0, help="the search's serving-latency budget, p99 (default: none)"
+    )
     parser.add_argument("--device", help="default: cuda when available")
     parser.add_argument("--jobs", type=int, default=1, help="folds run in parallel processes (default: 1)")
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
@@ -142,7 +145,14 @@ def run_fold(k: int, schema: DatasetSchema, raw: Path, folds: Path, args, device
         seed=k,
         fitness=FitnessConfig(finetune_steps=args.head_steps, finetune_warmup_steps=args.head_steps // 10),
     )
-    search_run = SearchRun(search=search_config, finetune_batches=16, eval_batches=2, top_k=args.top_k)
+    search_run = SearchRun(
+        search=search_config,
+        finetune_batches=16,
+        eval_batches=2,
+        top_k=args.top_k,
+        max_latency_ms=args.max_latency_ms,
+        latency_batch=args.latency_batch,
+    )
     search(work / "supernet" / "checkpoint.pt", data, work / "search", search_run, device)
     seconds["search"], clock = time.perf_counter() - clock, time.perf_counter()
     archs = read_architectures(work / "search" / "top_k.json", args.top_k)
