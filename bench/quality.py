@@ -55,10 +55,7 @@ BUILTIN = {"criteo": SHARED / "criteo_kaggle_10k" / "train.txt", "avazu": SHARED
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="criteo, avazu (the shared samples) or a raw log file")
-    parser.add_argument("--schema", type=Path, help="schema YAML for a raw log file (see `nasrec ingest`)")
-    parser.add_argument("--folds", type=Path, help="fold file (row,fold) for a raw log file")
-    parser.add_argument("--fold-count", type=int, default=10, help="folds to run, from fold 0 (default: all 10)")
+    add_data_arguments(parser)
     parser.add_argument("--space", default="demo", help="search space (default: demo)")
     parser.add_argument(
         "--supernet-steps",
@@ -70,17 +67,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--generations", type=int, default=8, help="search generations (default: 8)")
     parser.add_argument("--head-steps", type=int, default=100, help="head fine-tuning steps (default: 100)")
     parser.add_argument("--top-k", type=int, default=2, help="architectures trained from scratch (default: 2)")
-    parser.add_argument("--epochs", type=float, default=6, help="most epochs per model (default: 6)")
-    parser.add_argument(
-        "--grid",
-        type=grid_point,
-        nargs="+",
-        default=[grid_point(p) for p in DEFAULT_GRID],
-        help=f"OPTIMIZER:LR points every model is trained at (default: {' '.join(DEFAULT_GRID)})",
-    )
-    parser.add_argument(
-        "--patience", type=int, default=4, help="validations (every quarter epoch) without gain to stop (default: 4)"
-    )
+    add_training_arguments(parser)
     parser.add_argument("--baselines", nargs="+", default=sorted(BASELINES), help="default: all")
     parser.add_argument(
         "--latency-batch", type=int, default=512, help="rows of the request each model's p99 is measured on"
@@ -93,6 +80,29 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
     add_json_argument(parser)
     return parser.parse_args()
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The dataset and its folds (read by `dataset`)."""
+    parser.add_argument("--data", required=True, help="criteo, avazu (the shared samples) or a raw log file")
+    parser.add_argument("--schema", type=Path, help="schema YAML for a raw log file (see `nasrec ingest`)")
+    parser.add_argument("--folds", type=Path, help="fold file (row,fold) for a raw log file")
+    parser.add_argument("--fold-count", type=int, default=10, help="folds to run, from fold 0 (default: all 10)")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """How every model is trained (read by `training_run` and `best_over_grid`)."""
+    parser.add_argument("--epochs", type=float, default=6, help="most epochs per model (default: 6)")
+    parser.add_argument(
+        "--grid",
+        type=grid_point,
+        nargs="+",
+        default=[grid_point(p) for p in DEFAULT_GRID],
+        help=f"OPTIMIZER:LR points every model is trained at (default: {' '.join(DEFAULT_GRID)})",
+    )
+    parser.add_argument(
+        "--patience", type=int, default=4, help="validations (every quarter epoch) without gain to stop (default: 4)"
+    )
 
 
 def grid_point(text: str) -> tuple[str, float]:
@@ -121,15 +131,31 @@ def best_over_grid(train, grid: list[tuple[str, float]]) -> dict:
     return max(results, key=lambda r: r["validation"]["auc"])
 
 
-def run_fold(k: int, schema: DatasetSchema, raw: Path, folds: Path, args, device: torch.device) -> dict:
-    work = args.work / f"fold{k}"
+def ingest_fold(k: int, schema: DatasetSchema, raw: Path, folds: Path, work: Path) -> Path:
+    """Fold k's splits, ingested through Feast into `work`/data unless they already are (e.g. on another
+    machine)."""
     data = work / "data"
-    if not (data / "transform.json").exists():  # folds ingested earlier (e.g. on another machine) are reused
+    if not (data / "transform.json").exists():
         from features.ingest import SplitSpec, ingest  # Feast: only where folds still need ingesting
 
         if not raw.exists():
-            raise SystemExit(f"bench.quality: {raw} is absent (the shared samples are not beside this checkout)")
+            raise SystemExit(f"bench: {raw} is absent (the shared samples are not beside this checkout)")
         ingest(schema, [raw], data, SplitSpec(folds=folds, fold=k), log=lambda *_: None)
+    return data
+
+
+def training_run(data: IngestedData, args: argparse.Namespace, k: int) -> FinetuneRun:
+    """How every model is trained: early stopping on validation AUC every quarter epoch (deep models peak
+    early on small data); the grid sets optimizer and lr."""
+    quarter_epoch = max(1, data.rows("train") // 256 // 4)
+    return FinetuneRun(
+        epochs=args.epochs, batch_size=256, eval_every=quarter_epoch, patience=args.patience, seed=k, progress=False
+    )
+
+
+def run_fold(k: int, schema: DatasetSchema, raw: Path, folds: Path, args, device: torch.device) -> dict:
+    work = args.work / f"fold{k}"
+    data = ingest_fold(k, schema, raw, folds, work)
     seconds = {}
     clock = time.perf_counter()
     supernet_run = SupernetRun(
@@ -157,10 +183,7 @@ def run_fold(k: int, schema: DatasetSchema, raw: Path, folds: Path, args, device
     seconds["search"], clock = time.perf_counter() - clock, time.perf_counter()
     archs = read_architectures(work / "search" / "top_k.json", args.top_k)
     data_dir = IngestedData(data)
-    quarter_epoch = max(1, data_dir.rows("train") // 256 // 4)  # deep models peak early on small data
-    base = FinetuneRun(
-        epochs=args.epochs, batch_size=256, eval_every=quarter_epoch, patience=args.patience, seed=k, progress=False
-    )
+    base = training_run(data_dir, args, k)
 
     def nasrec(optimizer: str, lr: float) -> dict:
         per_arch = []

@@ -51,6 +51,7 @@ class Architecture:
     blocks: tuple[Block, ...]
     use_layernorm: bool = True
     json_config: str = "xlarge"
+    first_order: bool = False  # a first-order (LR) term added to the logit
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(self.blocks))
@@ -59,6 +60,7 @@ class Architecture:
         if self.json_config not in OPERATOR_IDS:
             raise ValueError(f"config: must be one of {sorted(OPERATOR_IDS)}, got {self.json_config!r}")
         object.__setattr__(self, "blocks", tuple(_checked_block(i, b) for i, b in enumerate(self.blocks)))
+        object.__setattr__(self, "first_order", _flag(-1, "first_order", self.first_order))
 
     @property
     def num_blocks(self) -> int:
@@ -77,6 +79,11 @@ class Architecture:
             "dense_width": space.dense_widths,
             "sparse_tokens": space.sparse_tokens,
         }
+        if self.first_order not in space.first_order:
+            raise ValueError(
+                f"first_order: {int(self.first_order)} is not in search space {space.name!r}; "
+                f"allowed: {[int(v) for v in space.first_order]}"
+            )
         for i, block in enumerate(self.blocks):
             for name, values in allowed.items():
                 if getattr(block, name) not in values:
@@ -97,10 +104,12 @@ class Architecture:
             for name in ("dense_op", "sparse_op"):
                 if getattr(block, name) not in ids:
                     raise _field_error(i, name, f"{getattr(block, name)!r} has no id in config {self.json_config!r}")
+        # "first_order" is this project's extension, written only when set: other files stay the published format
         return {
             "num_blocks": self.num_blocks,
             "use_layernorm": int(self.use_layernorm),
             "config": self.json_config,
+            **({"first_order": 1} if self.first_order else {}),
             "micro": [
                 {
                     "active_nodes": [ids.index(b.dense_op), ids.index(b.sparse_op)],
@@ -143,8 +152,9 @@ class Architecture:
         blocks = tuple(_block_from_json(i, mi, ma, config) for i, (mi, ma) in enumerate(zip(micro, macro)))
         return cls(
             blocks=blocks,
-            use_layernorm=bool(_flag(-1, "use_layernorm", data.get("use_layernorm", 1))),
+            use_layernorm=_flag(-1, "use_layernorm", data.get("use_layernorm", 1)),
             json_config=config,
+            first_order=_flag(-1, "first_order", data.get("first_order", 0)),
         )
 
     def to_json(self) -> str:

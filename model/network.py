@@ -192,6 +192,26 @@ class FieldEmbedding(nn.Module):
         return self.table(torch.where(known, ids, 0) + self.offsets)
 
 
+# Per-value weights of a first-order term start near zero (as FuxiCTR's): a linear term starts silent.
+NEAR_ZERO_STD = 1e-4
+
+
+class FirstOrder(nn.Module):
+    """A first-order (LR) term: bias + one weight per categorical value + a linear map of the dense features.
+    (B, n_dense), (B, n_sparse) -> (B,)"""
+
+    def __init__(self, schema: InputSchema):
+        super().__init__()
+        self.weights = FieldEmbedding(schema, 1, NEAR_ZERO_STD)
+        self.dense = init_linear(nn.Linear(schema.num_dense, 1))
+
+    def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
+        return self.weights(sparse).sum(dim=(1, 2)) + self.dense(dense).squeeze(-1)
+
+    def macs(self) -> int:
+        return self.dense.in_features + self.weights.cardinalities.numel()
+
+
 class Stem(nn.Module):
     """Dense features pass through; categorical features become 16-wide tokens."""
 
@@ -204,9 +224,17 @@ class Stem(nn.Module):
 
 
 class BlockNetwork(nn.Module):
-    """Stem -> blocks -> head. `full=True` builds every optional layer (for supernets)."""
+    """Stem -> blocks -> head, plus an optional first-order term. `full=True` builds every optional layer
+    (for supernets)."""
 
-    def __init__(self, specs: list[BlockSpec], schema: InputSchema, layernorm: bool, full: bool = False):
+    def __init__(
+        self,
+        specs: list[BlockSpec],
+        schema: InputSchema,
+        layernorm: bool,
+        full: bool = False,
+        first_order: bool = False,
+    ):
         super().__init__()
         self.schema = schema
         self.stem = Stem(schema)
@@ -222,10 +250,12 @@ class BlockNetwork(nn.Module):
             }
         )
         self.head = init_linear(nn.Linear(nodes[-1].dense + nodes[-1].tokens * EMBEDDING_DIM, 1))
+        self.first_order = FirstOrder(schema) if first_order else None
 
     def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
         """dense: (B, n_dense) float; sparse: (B, n_sparse) int64 ids. Returns click logits (B,)."""
-        return self.head(self.head_inputs(dense, sparse)).squeeze(-1)
+        logits = self.head(self.head_inputs(dense, sparse)).squeeze(-1)
+        return logits if self.first_order is None else logits + self.first_order(dense, sparse)
 
     def head_inputs(self, dense: Tensor, sparse: Tensor) -> Tensor:
         """What the head reads: the last block's dense output and flattened tokens, (B, d + t*16)."""
@@ -242,15 +272,17 @@ class BlockNetwork(nn.Module):
 
     def mflops(self) -> float:
         """Multiply-accumulates per sample, in millions; embedding lookups excluded."""
-        return (sum(block.macs() for block in self.blocks.values()) + self.head.in_features) / 1e6
+        first_order = 0 if self.first_order is None else self.first_order.macs()
+        return (sum(block.macs() for block in self.blocks.values()) + self.head.in_features + first_order) / 1e6
 
     def num_parameters(self, embeddings: bool = False) -> int:
-        return sum(p.numel() for name, p in self.named_parameters() if embeddings or not name.startswith("stem."))
+        tables = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        return sum(p.numel() for p in self.parameters() if embeddings or id(p) not in tables)
 
 
 class NASRecNet(BlockNetwork):
     """A standalone network for one architecture: one dense and one sparse operator per block."""
 
     def __init__(self, arch: Architecture, schema: InputSchema):
-        super().__init__(block_specs(arch), schema, arch.use_layernorm)
+        super().__init__(block_specs(arch), schema, arch.use_layernorm, first_order=arch.first_order)
         self.arch = arch

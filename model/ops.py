@@ -1,4 +1,6 @@
-"""NASRec operators and interaction modules (NASREC.md sections 3 and 4), each built at one exact size.
+"""NASRec operators and interaction modules (NASREC.md sections 3 and 4), each built at one exact size,
+and three operators beyond the paper's (fm, flat_fc, cross) that let a network be the hand-designed
+CTR models (LR, FM, DeepFM, DCN, DLRM): they read the raw embeddings, and FM keeps its scale.
 
 A supernet builds the same classes at their largest size with every optional layer present
 (`full=True`); a subnet uses leading slices of those weights (see `model.supernet`). Each operator
@@ -90,7 +92,8 @@ class Operator(nn.Module):
 
     kind: ClassVar[str]  # "dense" (output (B, width)) or "sparse" (output (B, width, 16))
     dense_input_weights: ClassVar[tuple[str, ...]] = ()
-    sparse_input_weights: ClassVar[tuple[str, ...]] = ()
+    sparse_input_weights: ClassVar[tuple[str, ...]] = ()  # read the input tokens: one column per token
+    flat_sparse_input_weights: ClassVar[tuple[str, ...]] = ()  # read the flattened tokens: 16 columns per token
 
     def __init__(self, inputs: InputDims, width: int):
         super().__init__()
@@ -264,6 +267,83 @@ class Attention(Operator):
         return self.inputs.sparse * s * e + 4 * s * e * e + 2 * s * s * e + 2 * s * e * e
 
 
+class FM(Operator):
+    """Factorisation machine over the block's input tokens as they are (the stem's are the raw embeddings)
+    and one token projected from the dense input: 0.5 * ((sum v)^2 - sum v^2), (B, 16), summed over the 16
+    channels by the head. Projected to d unless d == 16; no LayerNorm or activation, so the second-order
+    term keeps its scale, as in FM (unlike the paper's operators, and unlike deep_fm on a block's own tokens).
+    """
+
+    kind = "dense"
+    dense_input_weights = ("dense_proj.weight",)
+
+    def __init__(self, inputs: InputDims, width: int, layernorm: bool, full: bool = False):
+        super().__init__(inputs, width)
+        self.dense_proj = init_linear(nn.Linear(inputs.dense, EMBEDDING_DIM))
+        projects = full or width != EMBEDDING_DIM
+        self.proj = init_linear(nn.Linear(EMBEDDING_DIM, width, bias=False)) if projects else None
+
+    def forward(self, x: BlockInputs) -> Tensor:
+        tokens = torch.cat([self.dense_proj(x.dense).unsqueeze(1), x.sparse], dim=1)  # (B, 1 + N, 16)
+        total = tokens.sum(dim=1)  # (B, 16)
+        fm = 0.5 * (total * total - (tokens * tokens).sum(dim=1))  # (B, 16)
+        return fm if self.width == EMBEDDING_DIM else self.proj(fm)
+
+    def macs(self) -> int:
+        projection = 0 if self.width == EMBEDDING_DIM else EMBEDDING_DIM * self.width
+        return self.inputs.dense * EMBEDDING_DIM + 2 * self.inputs.sparse * EMBEDDING_DIM + projection
+
+
+class FlatFC(Operator):
+    """ReLU(LN(W [dense; flattened tokens])): a fully connected layer over the dense inputs and the values
+    of the input tokens (the stem's: the raw embeddings), as the deep part of DeepFM, DCN and the like.
+    W is two linear maps summed, one per input kind, so a subnet's token columns can be sliced; both are
+    initialised as the one Xavier-uniform layer they make up."""
+
+    kind = "dense"
+    dense_input_weights = ("dense_linear.weight",)
+    flat_sparse_input_weights = ("token_linear.weight",)
+
+    def __init__(self, inputs: InputDims, width: int, layernorm: bool, full: bool = False):
+        super().__init__(inputs, width)
+        self.dense_linear = init_linear(nn.Linear(inputs.dense, width, bias=not layernorm))
+        self.token_linear = nn.Linear(inputs.sparse * EMBEDDING_DIM, width, bias=False)
+        self.norm = nn.LayerNorm(width) if layernorm else nn.Identity()
+        if not self.token_linear.weight.is_meta:
+            bound = math.sqrt(6 / (inputs.dense + inputs.sparse * EMBEDDING_DIM + width))
+            for layer in (self.dense_linear, self.token_linear):
+                nn.init.uniform_(layer.weight, -bound, bound)
+
+    def forward(self, x: BlockInputs) -> Tensor:
+        return F.relu(self.norm(self.dense_linear(x.dense) + self.token_linear(x.sparse.flatten(1))))
+
+    def macs(self) -> int:
+        return (self.inputs.dense + self.inputs.sparse * EMBEDDING_DIM) * self.width
+
+
+class Cross(Operator):
+    """DCN-v2 cross layer between two dense nodes: L * (W R + b) + R, with L the crossed input (x0) and R the
+    layer's input (x_l), both zero-padded to their common width; projected to d unless that width is d; then LN."""
+
+    kind = "dense"
+
+    def __init__(self, inputs: InputDims, width: int, layernorm: bool, full: bool = False):
+        super().__init__(inputs, width)
+        common = max(inputs.left, inputs.right)
+        self.cross = init_linear(nn.Linear(inputs.right, common))
+        self.proj = init_linear(nn.Linear(common, width, bias=not layernorm)) if full or common != width else None
+        self.norm = nn.LayerNorm(width) if layernorm else nn.Identity()
+
+    def forward(self, x: BlockInputs) -> Tensor:
+        common = max(x.left.shape[-1], x.right.shape[-1])
+        crossed = pad_to(x.left, common) * self.cross(x.right) + pad_to(x.right, common)  # (B, common)
+        return self.norm(crossed if common == self.width else self.proj(crossed))
+
+    def macs(self) -> int:
+        common = max(self.inputs.left, self.inputs.right)
+        return self.inputs.right * common + (0 if common == self.width else common * self.width)
+
+
 OPERATORS: dict[str, type[Operator]] = {
     "fc": FC,
     "dot_product": DotProduct,
@@ -271,6 +351,9 @@ OPERATORS: dict[str, type[Operator]] = {
     "sum": Sum,
     "efc": EFC,
     "attention": Attention,
+    "fm": FM,
+    "flat_fc": FlatFC,
+    "cross": Cross,
 }
 
 

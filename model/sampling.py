@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from model.arch import Architecture, Block
 from model.space import SearchSpace
@@ -21,7 +22,14 @@ class ArchitectureSampler:
 
     def sample(self) -> Architecture:
         blocks = tuple(self._block(i) for i in range(self.space.num_blocks))
-        return Architecture(blocks, use_layernorm=self.use_layernorm, json_config=self.space.json_config)
+        # drawn only where the space offers a choice, so the paper's spaces sample as they always did
+        first_order = self.rng.choice(self.space.first_order) if len(self.space.first_order) > 1 else None
+        return Architecture(
+            blocks,
+            use_layernorm=self.use_layernorm,
+            json_config=self.space.json_config,
+            first_order=self.space.first_order[0] if first_order is None else first_order,
+        )
 
     def sample_for_step(self, step: int, warmup_steps: int) -> Architecture | None:
         """None (run the full path) with probability 1 - step / warmup_steps, else a sampled subnet."""
@@ -58,12 +66,16 @@ def mutations_per_child(generation: int, generations: int) -> int:
 
 
 def mutate(arch: Architecture, space: SearchSpace, rng: random.Random, mutations: int = 1) -> Architecture:
-    """Change `mutations` choices: each in a random block, a macro or a micro choice with equal odds.
+    """Change `mutations` choices: each the network's first-order term (where the space offers both, as
+    often as one block), or in a random block, a macro or a micro choice with equal odds.
 
     Only choices the space lets change are drawn (block 0 has a single possible wiring), so every
     mutation changes the architecture.
     """
     for _ in range(mutations):
+        if len(space.first_order) > 1 and rng.randrange(arch.num_blocks + 1) == 0:
+            arch = replace(arch, first_order=not arch.first_order)
+            continue
         fields: list[str] = []
         while not fields:
             i = rng.randrange(arch.num_blocks)

@@ -297,9 +297,12 @@ def regularized_evolution(
     use_layernorm: bool = True,
     progress: Callable[[int, int], None] | None = None,
     admissible: Callable[[Architecture], bool] | None = None,
+    seeds: Iterable[Architecture] = (),
 ) -> list[dict[str, Any]]:
     """Run the search; returns every evaluated record in evaluation order (best = lowest val_logloss).
-    `admissible`, when given, is a further constraint every candidate meets (the serving-latency budget)."""
+    `admissible`, when given, is a further constraint every candidate meets (the serving-latency budget).
+    The first population holds the `seeds` within the budgets (in their order, at most a population),
+    then sampled architectures."""
     rng = random.Random(config.seed)
     sampler = ArchitectureSampler(space, config.seed, use_layernorm)
     seen: set[Architecture] = set()
@@ -339,7 +342,10 @@ def regularized_evolution(
                 return arch
         raise _budget_error(config.max_mflops)
 
-    population = deque(run([new_member() for _ in range(config.population)], -1))
+    first = [a for a in dict.fromkeys(seeds) if affordable(a)][: config.population]
+    seen.update(first)
+    first += [new_member() for _ in range(config.population - len(first))]
+    population = deque(run(first, -1))
     for generation in range(config.generations):
         contenders = rng.sample(list(population), min(config.sample_size, len(population)))
         parent = Architecture.from_dict(min(contenders, key=lambda r: r["val_logloss"])["architecture"])

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-DENSE_OPERATORS = ("fc", "dot_product", "gating", "sum")
+PAPER_DENSE_OPERATORS = ("fc", "dot_product", "gating", "sum")
+DENSE_OPERATORS = (*PAPER_DENSE_OPERATORS, "fm", "flat_fc", "cross")
 SPARSE_OPERATORS = ("efc", "attention")
 
-# Operator ids of the interoperable architecture JSON (NASREC.md section 10), per "config" value.
+# Operator ids of the interoperable architecture JSON (NASREC.md section 10), per "config" value. "ctr" is
+# this project's: the paper's ids, then the operators that express hand-designed models.
 OPERATOR_IDS: dict[str, tuple[str, ...]] = {
     "xlarge": ("fc", "dot_product", "gating", "sum", "attention", "efc"),
     "autoctr": ("fc", "dot_product", "efc"),
+    "ctr": ("fc", "dot_product", "gating", "sum", "attention", "efc", "fm", "flat_fc", "cross"),
 }
 
 
@@ -26,6 +29,8 @@ class SearchSpace:
     sparse_tokens: tuple[int, ...]
     json_config: str
     max_inputs: int = 4
+    first_order: tuple[bool, ...] = (False,)  # whether a network adds a first-order (LR) term to its logit
+    seed_architectures: tuple[str, ...] = ()  # hand-designed models (model/zoo.py) the search starts from
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -52,6 +57,11 @@ class SearchSpace:
                 )
         if self.max_inputs < 1:
             raise ValueError(f"search space {self.name!r}: max_inputs must be >= 1, got {self.max_inputs}")
+        if not self.first_order or any(not isinstance(v, bool) for v in self.first_order):
+            raise ValueError(
+                f"search space {self.name!r}: first_order must be [false], [true] or [false, true], "
+                f"got {list(self.first_order)}"
+            )
 
     @property
     def max_dense_width(self) -> int:
@@ -83,7 +93,7 @@ SPACES: dict[str, SearchSpace] = {
         SearchSpace(
             name="nasrec-full",
             num_blocks=7,
-            dense_operators=DENSE_OPERATORS,
+            dense_operators=PAPER_DENSE_OPERATORS,
             sparse_operators=SPARSE_OPERATORS,
             dense_widths=_PAPER_WIDTHS,
             sparse_tokens=_PAPER_TOKENS,
@@ -103,12 +113,27 @@ SPACES: dict[str, SearchSpace] = {
         SearchSpace(
             name="demo",
             num_blocks=4,
-            dense_operators=DENSE_OPERATORS,
+            dense_operators=PAPER_DENSE_OPERATORS,
             sparse_operators=SPARSE_OPERATORS,
             dense_widths=(16, 32, 64, 128, 256),
             sparse_tokens=(8, 16, 32),
             json_config="xlarge",
-            description="CPU-sized: all six operators, 4 blocks, narrower widths; for demos, CI and small data.",
+            description="CPU-sized: the paper's operators, 4 blocks, narrower widths; for demos, CI and small data.",
+        ),
+        SearchSpace(
+            name="ctr",
+            num_blocks=4,
+            dense_operators=DENSE_OPERATORS,
+            sparse_operators=SPARSE_OPERATORS,
+            dense_widths=(16, 32, 64, 128, 256),
+            sparse_tokens=(8, 16, 32),
+            json_config="ctr",
+            first_order=(False, True),
+            seed_architectures=("lr", "fm", "deepfm", "dcnv2", "dlrm"),
+            description=(
+                "demo's sizes with the operators that express LR, FM, DeepFM, DCN and DLRM (fm, flat_fc, cross) "
+                "and an optional first-order term; the search starts from those models (model/zoo/)."
+            ),
         ),
     )
 }

@@ -57,7 +57,9 @@ class Supernet(nn.Module):
         self.space = space
         self.schema = schema
         self.use_layernorm = use_layernorm
-        self.network = BlockNetwork(full_path_specs(space, schema), schema, use_layernorm, full=True)
+        self.network = BlockNetwork(
+            full_path_specs(space, schema), schema, use_layernorm, full=True, first_order=True in space.first_order
+        )
         self._subnets: OrderedDict[tuple, tuple[NASRecNet, dict[str, Index | None]]] = OrderedDict()
 
     def forward(self, dense: Tensor, sparse: Tensor, arch: Architecture | None = None) -> Tensor:
@@ -159,6 +161,8 @@ class Supernet(nn.Module):
                     prefix = f"blocks.{b}.{group}.{op_name}."
                     columns.update({prefix + w: dense_cols for w in op.dense_input_weights})
                     columns.update({prefix + w: token_cols for w in op.sparse_input_weights})
+                    flat_cols = [t * EMBEDDING_DIM + c for t in token_cols for c in range(EMBEDDING_DIM)]
+                    columns.update({prefix + w: flat_cols for w in op.flat_sparse_input_weights})
         last_full: NodeDims = full_nodes[-1]
         columns["head.weight"] = dense_pos[-1] + [
             last_full.dense + t * EMBEDDING_DIM + c for t in token_pos[-1] for c in range(EMBEDDING_DIM)

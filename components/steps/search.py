@@ -30,6 +30,7 @@ from model.search import (
 from model.supernet import Supernet
 from model.trainer import load_model
 from model.training import Batch
+from model.zoo import seed_architectures
 from serving.latency import LatencyBudget, LatencyModel, latency_features, measure_latency
 
 FINETUNE_SPLITS = ("train", "validation")
@@ -164,6 +165,7 @@ def search(supernet_path: Path, data_dir: Path, out: Path, run: SearchRun, devic
             supernet.use_layernorm,
             progress=architecture_progress("search"),
             admissible=admissible,
+            seeds=seed_architectures(supernet.space, supernet.use_layernorm),
         )
     best = top_k(records, run.top_k) if budget is None else measured_top_k(records, run.top_k, budget, supernet.schema)
     write_json(out / "top_k.json", best)

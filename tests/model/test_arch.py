@@ -123,7 +123,7 @@ def test_bad_json_text_names_the_source():
 
 def test_unknown_space_fails_loudly():
     with pytest.raises(
-        ValueError, match=r"unknown search space 'huge'; known: \['demo', 'nasrec-full', 'nasrec-small'\]"
+        ValueError, match=r"unknown search space 'huge'; known: \['ctr', 'demo', 'nasrec-full', 'nasrec-small'\]"
     ):
         get_space("huge")
 

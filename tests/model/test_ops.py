@@ -55,7 +55,11 @@ def test_linear_layers_have_bias_exactly_when_layernorm_is_off():
             norms = [m for m in op.modules() if isinstance(m, torch.nn.LayerNorm)]
             projections = [m for n, m in op.named_modules() if n.endswith("proj.linear")]
             assert all((m.bias is None) == layernorm for m in projections), name
-            if name != "attention":  # the transformer layer's LayerNorms always exist
+            if name == "attention":  # the transformer layer's LayerNorms always exist
+                assert norms, name
+            elif name == "fm":  # the second-order term keeps its scale, as in FM
+                assert not norms, name
+            else:
                 assert bool(norms) == layernorm, name
 
 
@@ -91,6 +95,38 @@ def test_fm_term_is_the_second_order_interaction():
     sparse = torch.randn(2, 5, EMBEDDING_DIM)
     pairs = sum(sparse[:, i] * sparse[:, j] for i in range(5) for j in range(5) if i != j)
     torch.testing.assert_close(SparseToDense(EMBEDDING_DIM, True)(sparse), pairs)
+
+
+def test_fm_operator_is_fm_over_the_input_tokens_and_a_dense_token():
+    dims = InputDims(4, 5, 4, 4)
+    op = get_operator("fm")(dims, EMBEDDING_DIM, layernorm=True)
+    x = block_inputs(dims)
+    fields = torch.cat([op.dense_proj(x.dense).unsqueeze(1), x.sparse], dim=1)  # (B, 6, 16)
+    pairs = sum(fields[:, i] * fields[:, j] for i in range(6) for j in range(i))
+    torch.testing.assert_close(op(x), pairs)
+    assert pairs.sum(dim=1).shape == (BATCH,)  # the head's sum over channels is FM's second-order logit
+
+
+def test_flat_fc_is_one_layer_over_dense_and_flattened_tokens():
+    dims = InputDims(4, 3, 4, 4)
+    op = get_operator("flat_fc")(dims, 32, layernorm=False)
+    x = block_inputs(dims)
+    weight = torch.cat([op.dense_linear.weight, op.token_linear.weight], dim=1)  # (32, 4 + 3*16)
+    expected = torch.relu(torch.cat([x.dense, x.sparse.flatten(1)], dim=1) @ weight.T + op.dense_linear.bias)
+    torch.testing.assert_close(op(x), expected)
+    bound = (6 / (4 + 3 * EMBEDDING_DIM + 32)) ** 0.5  # Xavier-uniform of the one layer both halves make up
+    assert weight.abs().max() <= bound and weight.abs().max() > 0.9 * bound
+
+
+def test_cross_is_a_dcn_v2_cross_layer():
+    dims = InputDims(4, 3, 32, 32)
+    op = get_operator("cross")(dims, 32, layernorm=False)
+    x = block_inputs(dims)
+    torch.testing.assert_close(op(x), x.left * op.cross(x.right) + x.right)
+    assert op.proj is None
+    narrow = InputDims(4, 3, 32, 16)  # x_l narrower than x0: zero-padded, then projected to d
+    out = get_operator("cross")(narrow, 64, layernorm=True)(block_inputs(narrow))
+    assert out.shape == (BATCH, 64)
 
 
 def test_unknown_operator_fails_with_known_names():

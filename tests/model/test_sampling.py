@@ -28,6 +28,7 @@ def test_samples_are_valid_and_cover_the_space(space_name):
     assert {b.sparse_op for b in blocks} == set(space.sparse_operators)
     assert {b.dense_width for b in blocks} == set(space.dense_widths)
     assert {b.sparse_tokens for b in blocks} == set(space.sparse_tokens)
+    assert {a.first_order for a in archs} == set(space.first_order)
 
 
 def test_input_counts_follow_one_plus_binomial():
@@ -57,11 +58,15 @@ def test_mutation_changes_the_architecture_and_stays_in_space(space_name):
     space = get_space(space_name)
     rng = random.Random(0)
     parent = ArchitectureSampler(space, seed=0).sample()
+    flips = 0
     for _ in range(200):
         child = mutate(parent, space, rng, mutations=1)
         child.check(space)
         changed = [(i, a, b) for i, (a, b) in enumerate(zip(parent.blocks, child.blocks)) if a != b]
-        assert len(changed) <= 1
+        flips += child.first_order != parent.first_order
+        assert len(changed) + (child.first_order != parent.first_order) == 1
+    # the first-order term changes as often as one block's choices, where the space offers it
+    assert (flips > 0) == (len(space.first_order) > 1)
     assert all(mutate(parent, space, rng) != parent for _ in range(200))
     a, b = random.Random(5), random.Random(5)
     assert mutate(parent, space, a, 3) == mutate(parent, space, b, 3)

@@ -31,15 +31,16 @@ class Exported:
 
 
 def architecture_with(operator: str, seed: int = 0) -> Architecture:
-    """The first `demo` architecture (from `seed` on) whose served network runs `operator`."""
-    space = get_space("demo")
+    """The first `ctr` architecture (the space of every operator; from `seed` on) whose served network runs
+    `operator`."""
+    space = get_space("ctr")
     for s in range(seed, seed + 200):
         arch = ArchitectureSampler(space, s).sample()
         with torch.device("meta"):
             net = NASRecNet(arch, _tiny_schema())
         if any(operator in (block.spec.dense_ops + block.spec.sparse_ops) for block in net.blocks.values()):
             return arch
-    raise LookupError(f"no demo architecture with {operator} in 200 seeds")
+    raise LookupError(f"no ctr architecture with {operator} in 200 seeds")
 
 
 def _tiny_schema():

@@ -15,6 +15,7 @@ from components.steps.export import ExportRun, export
 from features.transform import FeatureTransform
 from model.network import InputSchema, NASRecNet
 from model.ops import OPERATORS
+from model.zoo import HAND_DESIGNED, hand_designed
 from serving.errors import ExportError
 from serving.export import (
     MODEL_FILE,
@@ -52,6 +53,15 @@ def test_every_operator_exports_with_a_dynamic_batch(operator: str, tmp_path) ->
         assert check_parity(net, path, dense, sparse)["max_abs_diff"] <= 1e-5
 
 
+@pytest.mark.parametrize("name", HAND_DESIGNED)
+def test_every_hand_designed_architecture_exports(name: str, tmp_path) -> None:
+    """The first-order term and the fm, flat_fc and cross operators as the search's seeds use them."""
+    net = NASRecNet(hand_designed(name), SCHEMA).eval()
+    path = export_random(net, tmp_path / MODEL_FILE)
+    dense, sparse = random_rows(9, seed=3)
+    assert check_parity(net, path, dense, sparse)["max_abs_diff"] <= 1e-5
+
+
 def test_the_graph_outputs_probabilities_and_holds_no_loss(tmp_path) -> None:
     net = NASRecNet(architecture_with("fc"), SCHEMA).eval()
     path = export_random(net, tmp_path / MODEL_FILE)
@@ -85,7 +95,7 @@ def test_weights_beyond_one_protobuf_go_to_external_data(tmp_path) -> None:
     path = export_random(small, tmp_path / MODEL_FILE, external_data=True)
     graph = onnx.load(str(path), load_external_data=False).graph
     external = {t.name for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
-    table = max(graph.initializer, key=lambda t: np.prod(t.dims))
+    table = next(t for t in graph.initializer if "stem.embedding.table" in t.name)
     assert list(table.dims) == [50 * 26, 16] and table.name in external
     assert (tmp_path / f"{MODEL_FILE}.data").stat().st_size >= 50 * 26 * 16 * 4
     assert read_metadata(path) == {"test": "1"}
