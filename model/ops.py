@@ -268,11 +268,14 @@ class Attention(Operator):
 
 
 class FM(Operator):
-    """Factorisation machine over the block's input tokens as they are (the stem's are the raw embeddings)
-    and one token projected from the dense input: 0.5 * ((sum v)^2 - sum v^2), (B, 16), summed over the 16
-    channels by the head. Projected to d unless d == 16; no LayerNorm or activation, so the second-order
+    """Factorisation machine over the block's N input tokens as they are (the stem's are the raw embeddings)
+    and one token projected from the dense input: 0.5 * ((sum v)^2 - sum v^2) / (N + 1), (B, 16), summed over
+    the 16 channels by the head. Projected to d unless d == 16; no LayerNorm or activation, so the second-order
     term keeps its scale, as in FM (unlike the paper's operators, and unlike deep_fm on a block's own tokens).
-    """
+
+    The constant 1 / (N + 1), which the head's weight absorbs, keeps the term's size from growing with the
+    square of the tokens read: a supernet's full path reads every block's tokens (~150), and unscaled its
+    logits start near 1e4 and its training diverges."""
 
     kind = "dense"
     dense_input_weights = ("dense_proj.weight",)
@@ -286,7 +289,7 @@ class FM(Operator):
     def forward(self, x: BlockInputs) -> Tensor:
         tokens = torch.cat([self.dense_proj(x.dense).unsqueeze(1), x.sparse], dim=1)  # (B, 1 + N, 16)
         total = tokens.sum(dim=1)  # (B, 16)
-        fm = 0.5 * (total * total - (tokens * tokens).sum(dim=1))  # (B, 16)
+        fm = 0.5 * (total * total - (tokens * tokens).sum(dim=1)) / tokens.shape[1]  # (B, 16)
         return fm if self.width == EMBEDDING_DIM else self.proj(fm)
 
     def macs(self) -> int:

@@ -97,13 +97,13 @@ def test_fm_term_is_the_second_order_interaction():
     torch.testing.assert_close(SparseToDense(EMBEDDING_DIM, True)(sparse), pairs)
 
 
-def test_fm_operator_is_fm_over_the_input_tokens_and_a_dense_token():
+def test_fm_operator_is_fm_over_the_input_tokens_and_a_dense_token_per_token():
     dims = InputDims(4, 5, 4, 4)
     op = get_operator("fm")(dims, EMBEDDING_DIM, layernorm=True)
     x = block_inputs(dims)
     fields = torch.cat([op.dense_proj(x.dense).unsqueeze(1), x.sparse], dim=1)  # (B, 6, 16)
     pairs = sum(fields[:, i] * fields[:, j] for i in range(6) for j in range(i))
-    torch.testing.assert_close(op(x), pairs)
+    torch.testing.assert_close(op(x), pairs / 6)
     assert pairs.sum(dim=1).shape == (BATCH,)  # the head's sum over channels is FM's second-order logit
 
 
