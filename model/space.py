@@ -132,7 +132,7 @@ SPACES: dict[str, SearchSpace] = {
             seed_architectures=("lr", "fm", "deepfm", "dcnv2", "dlrm"),
             description=(
                 "demo's sizes with the operators that express LR, FM, DeepFM, DCN and DLRM (fm, flat_fc, cross) "
-                "and an optional first-order term; the search starts from those models (model/zoo/)."
+                "and an optional first-order term; the search starts from those models (model/architectures/)."
             ),
         ),
     )

@@ -39,6 +39,8 @@ def cmd_spaces(args: argparse.Namespace) -> None:
         print(
             f"{'':13s} blocks {space.num_blocks}; dense {list(space.dense_operators)}; sparse "
             f"{list(space.sparse_operators)}; widths {list(space.dense_widths)}; tokens {list(space.sparse_tokens)}"
+            + (f"; first-order term {[int(v) for v in space.first_order]}" if len(space.first_order) > 1 else "")
+            + (f"; starts from {list(space.seed_architectures)}" if space.seed_architectures else "")
         )
 
 
@@ -292,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     spaces.set_defaults(func=cmd_spaces)
 
     sample = sub.add_parser("sample", help="sample an architecture JSON from a search space")
-    sample.add_argument("--space", default="demo", help="search space preset (default: demo)")
+    sample.add_argument("--space", default="ctr", help="search space preset (default: ctr)")
     sample.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     sample.add_argument("--no-layernorm", action="store_true", help="write use_layernorm = 0")
     sample.add_argument("--out", type=Path, help="write here instead of printing")
@@ -316,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a weight-sharing supernet on ingested data (resumes from OUT/checkpoint.pt; torchrun for DDP)",
     )
     _data_options(train)
-    train.add_argument("--space", default="demo", help="search space preset (see `nasrec spaces`); default: demo")
+    train.add_argument("--space", default="ctr", help="search space preset (see `nasrec spaces`); default: ctr")
     _schedule_options(train, batch_size=512, lr=0.12)
     train.add_argument(
         "--full-path-warmup",

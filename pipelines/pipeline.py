@@ -86,7 +86,7 @@ def nasrec_pipeline(
     folds: str = "",
     fold: int = 0,
     code_digest: str = "",
-    space: str = "demo",
+    space: str = "ctr",
     supernet_steps: int = 1500,
     population: int = 16,
     generations: int = 4,

@@ -33,7 +33,7 @@ MIN_SUPERNET_STEPS = 1000
 
 @dataclass(frozen=True)
 class SupernetRun(StepConfig):
-    space: str = "demo"
+    space: str = "ctr"
     epochs: float = 1.0
     steps: int | None = None  # overrides epochs
     batch_size: int = 512
