@@ -254,8 +254,13 @@ class BlockNetwork(nn.Module):
 
     def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
         """dense: (B, n_dense) float; sparse: (B, n_sparse) int64 ids. Returns click logits (B,)."""
-        logits = self.head(self.head_inputs(dense, sparse)).squeeze(-1)
-        return logits if self.first_order is None else logits + self.first_order(dense, sparse)
+        return self.head(self.head_inputs(dense, sparse)).squeeze(-1) + self.logit_offset(dense, sparse)
+
+    def logit_offset(self, dense: Tensor, sparse: Tensor) -> Tensor:
+        """What the logit adds to the head's output: the first-order term, or zeros. (B,)"""
+        if self.first_order is None:
+            return dense.new_zeros(dense.shape[0])
+        return self.first_order(dense, sparse)
 
     def head_inputs(self, dense: Tensor, sparse: Tensor) -> Tensor:
         """What the head reads: the last block's dense output and flattened tokens, (B, d + t*16)."""

@@ -143,32 +143,36 @@ class HeadFinetuneFitness:
         head_weight = weights["head.weight"].detach().float().clone()  # (1, F)
         head_bias = weights["head.bias"].detach().float().clone()  # (1,)
         train_features = self._features(arch, self.finetune_batches)
-        eval_features = torch.cat(self._features(arch, self.eval_batches))  # (N, F)
+        eval_features = [torch.cat(parts) for parts in zip(*self._features(arch, self.eval_batches))]
         inherited = self._score(eval_features, head_weight, head_bias)
         tuned = self._score(eval_features, *self._train_head(train_features, head_weight, head_bias))
         return _fitness_record(arch, self.supernet.schema, inherited, tuned, start)
 
     @torch.no_grad()
-    def _features(self, arch: Architecture, batches: list[Batch]) -> list[Tensor]:
+    def _features(self, arch: Architecture, batches: list[Batch]) -> list[tuple[Tensor, Tensor]]:
+        """Per batch, what the head reads (B, F) and the fixed rest of the logit (B,), e.g. a first-order term."""
         with autocast(self.device):
-            return [self.supernet.subnet_head_inputs(arch, b.dense, b.sparse).float() for b in batches]
+            pairs = [self.supernet.subnet_head_inputs(arch, b.dense, b.sparse) for b in batches]
+        return [(inputs.float(), offset.float()) for inputs, offset in pairs]
 
-    def _train_head(self, features: list[Tensor], weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    def _train_head(self, features: list[tuple[Tensor, Tensor]], weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
         config = self.config
         weight, bias = weight.requires_grad_(), bias.requires_grad_()
         optimizer = SliceAdagrad([weight, bias], lr=config.finetune_lr)
         for step in range(config.finetune_steps):
             k = step % len(features)
             optimizer.lr = learning_rate(step, config.finetune_steps, config.finetune_lr, config.warmup_fraction)
-            logits = (features[k] @ weight.T).squeeze(-1) + bias
+            inputs, offset = features[k]
+            logits = (inputs @ weight.T).squeeze(-1) + bias + offset
             loss = F.binary_cross_entropy_with_logits(logits, self.finetune_batches[k].label)
             weight_grad, bias_grad = torch.autograd.grad(loss, [weight, bias])
             optimizer.apply([(weight, None, weight_grad), (bias, None, bias_grad)])
         return weight.detach(), bias.detach()
 
     @torch.no_grad()
-    def _score(self, features: Tensor, weight: Tensor, bias: Tensor) -> dict[str, float]:
-        probabilities = torch.sigmoid((features @ weight.T).squeeze(-1) + bias).cpu().numpy()
+    def _score(self, features: list[Tensor], weight: Tensor, bias: Tensor) -> dict[str, float]:
+        inputs, offset = features
+        probabilities = torch.sigmoid((inputs @ weight.T).squeeze(-1) + bias + offset).cpu().numpy()
         if not np.isfinite(probabilities).all():
             return {"log_loss": math.inf, "auc": 0.5}
         return {"log_loss": log_loss(self.eval_labels, probabilities), "auc": roc_auc(self.eval_labels, probabilities)}

@@ -92,8 +92,9 @@ class Supernet(nn.Module):
         skeleton = self._subnet(arch)[0]
         return functional_call(skeleton, {**weights, **self._subnet_buffers(skeleton)}, (dense, sparse))
 
-    def subnet_head_inputs(self, arch: Architecture, dense: Tensor, sparse: Tensor) -> Tensor:
-        """What the subnet's head reads, computed with the inherited weights (for head-only fine-tuning)."""
+    def subnet_head_inputs(self, arch: Architecture, dense: Tensor, sparse: Tensor) -> tuple[Tensor, Tensor]:
+        """What the subnet's head reads (B, F) and what its logit adds to the head's output (B,), both with the
+        inherited weights (for head-only fine-tuning: logits = head(inputs) + offset)."""
         skeleton = self._subnet(arch)[0]
         state = {**self.subnet_weights(arch), **self._subnet_buffers(skeleton)}
         return functional_call(_HeadInputs(skeleton), {f"net.{k}": v for k, v in state.items()}, (dense, sparse))
@@ -171,14 +172,14 @@ class Supernet(nn.Module):
 
 
 class _HeadInputs(nn.Module):
-    """Lets functional_call run a skeleton's `head_inputs` instead of its forward."""
+    """Lets functional_call run a skeleton's `head_inputs` and `logit_offset` instead of its forward."""
 
     def __init__(self, net: NASRecNet):
         super().__init__()
         self.net = net
 
-    def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
-        return self.net.head_inputs(dense, sparse)
+    def forward(self, dense: Tensor, sparse: Tensor) -> tuple[Tensor, Tensor]:
+        return self.net.head_inputs(dense, sparse), self.net.logit_offset(dense, sparse)
 
 
 def _offsets(sizes: list[int]) -> list[int]:

@@ -77,6 +77,6 @@ def supernet_dir(ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     from components.steps.train_supernet import SupernetRun, train_supernet
 
     out = tmp_path_factory.mktemp("supernet")
-    run = SupernetRun(steps=300, batch_size=128, lr=0.05, checkpoint_every=100, progress=False)
+    run = SupernetRun(space="demo", steps=300, batch_size=128, lr=0.05, checkpoint_every=100, progress=False)
     train_supernet(ingested, out, run, CPU)
     return out

@@ -6,9 +6,11 @@ import torch
 
 from model.arch import Architecture
 from model.network import FirstOrder, InputSchema, NASRecNet
-from model.search import FitnessConfig, SearchConfig, SearchHistory, regularized_evolution
+from model.search import FitnessConfig, HeadFinetuneFitness, SearchConfig, SearchHistory, regularized_evolution
 from model.space import SPACES, get_space
 from model.supernet import Supernet
+from model.trainer import evaluate
+from model.training import Batch
 from model.zoo import ARCHITECTURES, HAND_DESIGNED, hand_designed, seed_architectures
 
 SCHEMA = InputSchema(num_dense=13, cardinalities=(50, 7, 300, 3, 20, 11))
@@ -51,6 +53,35 @@ def test_first_order_term_is_added_to_the_logit():
         body = net.head(net.head_inputs(dense, sparse)).squeeze(-1)
         torch.testing.assert_close(net(dense, sparse), body + net.first_order(dense, sparse))
     assert NASRecNet(dataclasses.replace(fm, first_order=False), SCHEMA).first_order is None
+
+
+@pytest.mark.parametrize("name", ["lr", "dcnv2"])  # with and without a first-order term
+def test_head_fitness_features_make_the_subnets_logits(name):
+    """Head-only fine-tuning sees head(inputs) + offset, so a first-order term is scored with its subnet."""
+    arch = hand_designed(name)
+    torch.manual_seed(0)
+    supernet = Supernet(get_space("ctr"), SCHEMA)
+    dense, sparse = inputs()
+    with torch.no_grad():
+        head_inputs, offset = supernet.subnet_head_inputs(arch, dense, sparse)
+        weights = supernet.subnet_weights(arch)
+        logits = head_inputs @ weights["head.weight"].T + weights["head.bias"]
+        torch.testing.assert_close(logits.squeeze(-1) + offset, supernet(dense, sparse, arch))
+        assert bool(offset.abs().sum() > 0) == arch.first_order
+
+
+def test_head_fitness_scores_a_first_order_architecture_as_its_subnet_predicts():
+    torch.manual_seed(0)
+    supernet = Supernet(get_space("ctr"), SCHEMA)
+    dense, sparse = inputs(64)
+    batch = Batch(dense, sparse, (torch.rand(64) < 0.3).float())
+    arch = hand_designed("fm")
+    record = HeadFinetuneFitness(
+        supernet, [batch], [batch], FitnessConfig(finetune_steps=2, finetune_warmup_steps=0), torch.device("cpu")
+    )(arch)
+    assert record["supernet_logloss"] == pytest.approx(
+        evaluate(supernet.extract(arch), [batch], torch.device("cpu"))["log_loss"], abs=1e-5
+    )
 
 
 def test_fm_architecture_reads_the_raw_embeddings():
