@@ -179,11 +179,11 @@ def run_fold(k: int, schema: DatasetSchema, raw: Path, folds: Path, args, device
         seed=k,
         fitness=FitnessConfig(finetune_steps=args.head_steps, finetune_warmup_steps=args.head_steps // 10),
     )
-    validation_rows = IngestedData(data).rows("validation")
+    data_dir = IngestedData(data)
     search_run = SearchRun(
         search=search_config,
         finetune_batches=16,
-        eval_batches=math.ceil(validation_rows / 512),  # every candidate is scored on all validation rows
+        eval_batches=math.ceil(data_dir.rows("validation") / 512),  # every candidate is scored on all validation rows
         top_k=args.top_k,
         max_latency_ms=args.max_latency_ms,
         latency_batch=args.latency_batch,
@@ -191,7 +191,6 @@ def run_fold(k: int, schema: DatasetSchema, raw: Path, folds: Path, args, device
     search(work / "supernet" / "checkpoint.pt", data, work / "search", search_run, device)
     seconds["search"], clock = time.perf_counter() - clock, time.perf_counter()
     archs = read_architectures(work / "search" / "top_k.json", args.top_k)
-    data_dir = IngestedData(data)
     base = training_run(data_dir, args, k)
 
     def nasrec(optimizer: str, lr: float) -> dict:

@@ -143,7 +143,8 @@ class HeadFinetuneFitness:
         head_weight = weights["head.weight"].detach().float().clone()  # (1, F)
         head_bias = weights["head.bias"].detach().float().clone()  # (1,)
         train_features = self._features(arch, self.finetune_batches)
-        eval_features = [torch.cat(parts) for parts in zip(*self._features(arch, self.eval_batches))]
+        eval_inputs, eval_offsets = (torch.cat(parts) for parts in zip(*self._features(arch, self.eval_batches)))
+        eval_features = (eval_inputs, eval_offsets)  # (N, F), (N,)
         inherited = self._score(eval_features, head_weight, head_bias)
         tuned = self._score(eval_features, *self._train_head(train_features, head_weight, head_bias))
         return _fitness_record(arch, self.supernet.schema, inherited, tuned, start)
@@ -170,7 +171,7 @@ class HeadFinetuneFitness:
         return weight.detach(), bias.detach()
 
     @torch.no_grad()
-    def _score(self, features: list[Tensor], weight: Tensor, bias: Tensor) -> dict[str, float]:
+    def _score(self, features: tuple[Tensor, Tensor], weight: Tensor, bias: Tensor) -> dict[str, float]:
         inputs, offset = features
         probabilities = torch.sigmoid((inputs @ weight.T).squeeze(-1) + bias + offset).cpu().numpy()
         if not np.isfinite(probabilities).all():
