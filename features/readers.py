@@ -242,6 +242,8 @@ class RawReader:
         data[schema.label] = np.nan_to_num(label).astype(np.int8)
         for name in schema.dense:
             data[name] = _numbers(table[name], name, bad).astype(np.float32)
+        for name in schema.bucketed_names:  # numbers read as categories: reject a row whose value is none
+            _numbers(table[name], name, bad)
         for name in schema.categorical_names:  # kept as Arrow strings: no Python objects per value
             data[name] = pd.Series(pd.arrays.ArrowExtensionArray(table[name].combine_chunks()))
         chunk = pd.DataFrame(data)

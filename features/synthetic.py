@@ -80,8 +80,9 @@ def write_synthetic_log(
     """Stream `rows` raw log rows: Parquet for a `.parquet` path, else the schema's text format (.gz allowed).
 
     Labels come from a fixed TeacherCTR over the ids, so the data is learnable; memory is bounded by
-    `chunk_rows`, whatever `rows` is. Categorical values are written as 8-hex-digit tokens (as in Criteo),
-    dense values as non-negative counts with ~5% missing, event time one second per row.
+    `chunk_rows`, whatever `rows` is. Categorical values are written as 8-hex-digit tokens (as in Criteo) or, for
+    `bucket` features, as numbers; dense values as non-negative counts with ~5% missing; event time one second
+    per row.
     """
     num_dense = max(1, len(schema.dense))
     cards = tuple(min(cardinality, 2**31) for _ in schema.categorical)
@@ -99,8 +100,11 @@ def write_synthetic_log(
                 column = counts[:, j].copy()
                 column[rng.random(n) < 0.05] = None  # missing: empty in text, null in Parquet
                 data[name] = column
-            for j, name in enumerate(schema.categorical_names):
-                data[name] = np.char.mod("%08x", (batch.sparse[:, j] * 2654435761 + j) % 2**32).astype(object)
+            for j, spec in enumerate(schema.categorical):
+                if spec.bucket:  # a number read as categories: the id itself, as a count
+                    data[spec.name] = batch.sparse[:, j].astype(str).astype(object)
+                else:
+                    data[spec.name] = np.char.mod("%08x", (batch.sparse[:, j] * 2654435761 + j) % 2**32).astype(object)
             if schema.timestamp.source == "column":
                 data[schema.timestamp.column] = _format_times(
                     start + pd.to_timedelta(np.arange(first, first + n), "s"), schema.timestamp.parser

@@ -1,8 +1,9 @@
 """The feature transform: fitted on the training split once, applied identically everywhere.
 
 Dense: log(max(x, 0) + 1), missing -> 0. Categorical: id 0 means missing or unseen; a vocabulary maps
-values seen at least `min_count` times in training to 1..V, hashing maps any value to 1..buckets-1. The
-fitted transform is a versioned JSON artifact used by training, Feast lookups and the serving client.
+values seen at least `min_count` times in training to 1..V, hashing maps any value to 1..buckets-1; a numeric
+column read as categories (`bucket: log`) is bucketed first. The fitted transform is a versioned JSON artifact
+used by training, Feast lookups and the serving client.
 """
 
 from __future__ import annotations
@@ -53,6 +54,18 @@ class ByteColumn:
     def value(self, at: int) -> bytes:
         start = int(self.starts[at])
         return self.data[start : start + int(self.lengths[at])].tobytes()
+
+    def to_arrow(self) -> pa.StringArray:
+        """The values as an Arrow string array ("" when missing), gathered by numpy: no Python object per value."""
+        offsets = np.zeros(len(self) + 1, dtype=np.int32)
+        np.cumsum(self.lengths, out=offsets[1:])
+        gather = np.arange(offsets[-1]) + np.repeat(self.starts - offsets[:-1], self.lengths)
+        array = pa.StringArray.from_buffers(len(self), pa.py_buffer(offsets), pa.py_buffer(self.data[gather]))
+        try:
+            array.validate(full=True)
+        except pa.ArrowInvalid as err:
+            raise ValueError(f"not UTF-8 text: {err}") from None
+        return array
 
 
 def _joined(columns: Sequence[ByteColumn]) -> ByteColumn:
@@ -116,13 +129,21 @@ class Encoding:
     name: str
     vocabulary: tuple[str, ...] = ()  # vocab encoding: value i -> id i + 1
     buckets: int = 0  # hash encoding
+    bucket: str = ""  # "log": numbers, whose vocabulary is of their log buckets (`log_buckets`)
 
     @property
     def cardinality(self) -> int:
         return self.buckets if self.buckets else len(self.vocabulary) + 1
 
+    @property
+    def in_vocabulary_table(self) -> bool:
+        """Whether a served request's raw bytes are looked up as they are (not hashed, not bucketed first)."""
+        return not self.buckets and not self.bucket
+
     def encode(self, values: Sequence) -> np.ndarray:
         """Values (any dtype; missing as None/NaN) -> int64 ids; 0 for missing or unseen."""
+        if self.bucket:
+            return self.bucket_ids(log_buckets(values, self.name))
         strings = _as_strings(values)
         if self.buckets:
             valid = strings.is_valid()
@@ -136,6 +157,25 @@ class Encoding:
             return np.fromiter((ids.get(v, 0) for v in strings.to_pylist()), dtype=np.int64, count=len(strings))
         positions = pc.index_in(strings, value_set=self._value_set)  # null: missing or unseen
         return positions.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
+
+    def bucket_ids(self, buckets: np.ndarray) -> np.ndarray:
+        """Log buckets (float, NaN where missing) -> ids, through an array over the buckets' range: no hashing."""
+        low, table = self._bucket_table
+        at = buckets - low
+        known = (at >= 0) & (at < len(table))  # False for NaN
+        ids = np.zeros(len(buckets), dtype=np.int64)
+        ids[known] = table[at[known].astype(np.int64)]
+        return ids
+
+    @property
+    def _bucket_table(self) -> tuple[int, np.ndarray]:
+        def build() -> tuple[int, np.ndarray]:
+            buckets = np.array([int(v) for v in self.vocabulary] or [0], dtype=np.int64)
+            table = np.zeros(int(buckets.max() - buckets.min()) + 1, dtype=np.int64)
+            table[buckets - buckets.min()] = np.arange(1, len(self.vocabulary) + 1) if self.vocabulary else 0
+            return int(buckets.min()), table
+
+        return self._cached("_buckets", build)
 
     @property
     def _value_set(self) -> pa.Array:
@@ -166,6 +206,33 @@ def _floats(values: Sequence) -> np.ndarray:
     if array.dtype.kind != "f":
         array = pd.array(values, dtype="Float32").to_numpy(dtype=np.float32, na_value=np.nan)
     return array.astype(np.float32, copy=False)
+
+
+def log_buckets(values: Sequence, name: str) -> np.ndarray:
+    """Numbers (as text or numeric; missing as None/NaN/"") -> their log bucket, float64: floor(ln(x)^2) for
+    x > 2, the integer part of x otherwise; NaN where missing. Text that is no number is an error naming it."""
+    strings = _as_strings(values)
+    try:
+        numbers = pc.cast(pc.if_else(pc.equal(strings, ""), None, strings), pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        bad = next(v for v in strings.to_pylist() if v and not _is_number(v))
+        raise ValueError(f"feature {name!r} (bucket: log): {bad!r} is not a number") from None
+    x = numbers.to_numpy(zero_copy_only=False)  # NaN where missing
+    with np.errstate(invalid="ignore"):
+        return np.where(x > 2, np.floor(np.log(np.where(x > 2, x, 1.0)) ** 2), np.trunc(x))
+
+
+def _bucket_text(buckets: np.ndarray) -> pa.Array:
+    """Log buckets as the text a vocabulary holds ("21"), null where missing."""
+    return pc.cast(pa.array(buckets, mask=np.isnan(buckets)).cast(pa.int64()), pa.string())
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _as_strings(values: Sequence) -> pa.Array:
@@ -218,19 +285,21 @@ class FeatureTransform:
     @classmethod
     def fit(cls, schema: DatasetSchema, frames: Iterable[pd.DataFrame]) -> FeatureTransform:
         """Fit on training rows only (an iterable of chunks, so data of any size streams through)."""
-        counters = {c.name: _VocabularyCounter() for c in schema.categorical if c.encoding == "vocab"}
+        vocab = [c for c in schema.categorical if c.encoding == "vocab"]
+        counters = {c.name: _VocabularyCounter() for c in vocab}
         for frame in frames:
-            for name, counter in counters.items():
-                counter.add(frame[name])
+            for spec in vocab:
+                column = frame[spec.name]
+                counters[spec.name].add(_bucket_text(log_buckets(column, spec.name)) if spec.bucket else column)
         encodings = []
         for spec in schema.categorical:
             if spec.encoding == "hash":
-                encodings.append(Encoding(spec.name, buckets=spec.buckets))
+                encodings.append(Encoding(spec.name, buckets=spec.buckets, bucket=spec.bucket))
                 continue
             counts = counters[spec.name].total().filter(pc.field("count") >= spec.min_count)
             order = pc.sort_indices(counts, sort_keys=[("count", "descending"), ("value", "ascending")])
             vocabulary = counts.column("value").take(order).to_pylist()  # frequent first, deterministic
-            encodings.append(Encoding(spec.name, vocabulary=tuple(vocabulary)))
+            encodings.append(Encoding(spec.name, vocabulary=tuple(vocabulary), bucket=spec.bucket))
         return cls(schema.name, tuple(schema.dense), tuple(encodings))
 
     def transform(self, columns: Mapping[str, Sequence]) -> tuple[np.ndarray, np.ndarray]:
@@ -254,20 +323,41 @@ class FeatureTransform:
             )
         rows = len(dense)
         sparse = np.empty((rows, len(self.categorical)), dtype=np.int64)
-        vocabulary = [j for j, e in enumerate(self.categorical) if not e.buckets]
+        vocabulary = [j for j, e in enumerate(self.categorical) if e.in_vocabulary_table]
         if vocabulary:
             values = _joined([categorical[self.categorical[j].name] for j in vocabulary])
             column = np.repeat(np.arange(len(vocabulary)), rows)
             sparse[:, vocabulary] = self.vocabulary_table.ids_of(column, values).reshape(len(vocabulary), rows).T
+        bucketed = [j for j, e in enumerate(self.categorical) if e.bucket]
+        if bucketed:
+            for j, column in zip(
+                bucketed, self._request_buckets([self.categorical[j].name for j in bucketed], categorical)
+            ):
+                sparse[:, j] = self.categorical[j].bucket_ids(column)
         for j, encoding in enumerate(self.categorical):
             if encoding.buckets:
                 text = [v.decode("utf-8", "replace") if v else None for v in categorical[encoding.name].values()]
                 sparse[:, j] = encoding.encode(text)
         return _log_dense(dense.astype(np.float32, copy=True), rows), sparse  # (B, num_dense), (B, n_categorical)
 
+    @staticmethod
+    def _request_buckets(names: list[str], categorical: Mapping[str, ByteColumn]) -> np.ndarray:
+        """The log buckets of a request's numeric columns (len(names), B), every column's text parsed at once;
+        on bad text, column by column, so the error names the column."""
+        try:
+            values = _joined([categorical[name] for name in names]).to_arrow()
+            return log_buckets(values, "").reshape(len(names), -1)
+        except ValueError:
+            for name in names:
+                try:
+                    log_buckets(categorical[name].to_arrow(), name)
+                except ValueError as err:
+                    raise ValueError(f"feature {name!r}: {err}" if "feature" not in str(err) else str(err)) from None
+            raise
+
     @cached_property
     def vocabulary_table(self) -> VocabularyTable:
-        return VocabularyTable([e.vocabulary for e in self.categorical if not e.buckets])
+        return VocabularyTable([e.vocabulary for e in self.categorical if e.in_vocabulary_table])
 
     def _dense(self, columns: Mapping[str, Sequence]) -> np.ndarray:
         self._check_columns(columns)
@@ -292,9 +382,12 @@ class FeatureTransform:
             "schema": self.schema_name,
             "dense": list(self.dense),
             "categorical": [
-                {"name": e.name, "buckets": e.buckets}
-                if e.buckets
-                else {"name": e.name, "vocabulary": list(e.vocabulary)}
+                (
+                    {"name": e.name, "buckets": e.buckets}
+                    if e.buckets
+                    else {"name": e.name, "vocabulary": list(e.vocabulary)}
+                )
+                | ({"bucket": e.bucket} if e.bucket else {})
                 for e in self.categorical
             ],
         }
@@ -307,7 +400,12 @@ class FeatureTransform:
                 f"(this version reads {FORMAT_VERSION})"
             )
         encodings = tuple(
-            Encoding(c["name"], vocabulary=tuple(c.get("vocabulary", ())), buckets=c.get("buckets", 0))
+            Encoding(
+                c["name"],
+                vocabulary=tuple(c.get("vocabulary", ())),
+                buckets=c.get("buckets", 0),
+                bucket=c.get("bucket", ""),
+            )
             for c in data["categorical"]
         )
         return cls(data["schema"], tuple(data["dense"]), encodings)

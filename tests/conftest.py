@@ -40,7 +40,8 @@ def ingested(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def ingest_shared(tmp_path_factory: pytest.TempPathFactory):
     """`ingest_shared(name)` -> (raw file, IngestResult): a shared sample ingested through Feast with fold 0 of
-    the fixed protocol, once per session (Avazu's entity views make it take about a minute)."""
+    the fixed protocol, once per session (Avazu's entity views make it take about a minute). `criteo_dense`: Criteo
+    under `criteo_dense_schema`."""
     from features.ingest import SplitSpec, ingest
     from features.schema import builtin_schema
 
@@ -48,13 +49,24 @@ def ingest_shared(tmp_path_factory: pytest.TempPathFactory):
 
     def get(name: str):
         if name not in done:
-            raw = shared(name)
+            schema = criteo_dense_schema() if name == "criteo_dense" else builtin_schema(name)
+            raw = shared(schema.name)
             out = tmp_path_factory.mktemp(f"shared_{name}")
             split = SplitSpec(folds=raw.parent / "folds.csv", fold=0)
-            done[name] = raw, ingest(builtin_schema(name), [raw], out, split)
+            done[name] = raw, ingest(schema, [raw], out, split)
         return done[name]
 
     return get
+
+
+def criteo_dense_schema():
+    """Criteo with its integer features as dense inputs (the built-in schema reads them as log buckets), as a
+    user's own schema with numbers would have them: the tests of served FP32 fields use it."""
+    from features.schema import builtin_schema
+
+    schema = builtin_schema("criteo")
+    integers = tuple(c.name for c in schema.categorical if c.bucket)
+    return replace(schema, dense=integers, categorical=tuple(c for c in schema.categorical if not c.bucket))
 
 
 CPU = torch.device("cpu")

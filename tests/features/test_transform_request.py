@@ -4,6 +4,7 @@ them over) gives the ids and values that training's transform gives the same eve
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -65,3 +66,31 @@ def test_a_request_transform_equals_trainings_on_dense_and_hashed_fields() -> No
     for got, want in zip(request, training):
         np.testing.assert_array_equal(got, want)
     assert training[1][1, 1] != 0 and training[1][2, 1] == 0  # a hashed value, and a missing one
+
+
+def test_a_request_transform_equals_trainings_on_bucketed_fields() -> None:
+    transform = FeatureTransform(
+        "t", dense=(), categorical=(Encoding("clicks", ("0", "1", "21"), bucket="log"), Encoding("site", ("a",)))
+    )
+    clicks, sites = ["0", "", "100", "105", "1.5", "-7"], ["a", "a", None, "a", "b", "a"]
+    training = transform.transform({"clicks": clicks, "site": sites})
+    request = transform.transform_request(
+        np.zeros((len(clicks), 0), dtype=np.float32),
+        {
+            "clicks": ByteColumn.of([v.encode() for v in clicks]),
+            "site": ByteColumn.of([(v or "").encode() for v in sites]),
+        },
+    )
+    for got, want in zip(request, training):
+        np.testing.assert_array_equal(got, want)
+    # 100 and 105 share bucket 21 (ln^2 in [21, 22)); -7 is bucket "-7", not in the vocabulary
+    np.testing.assert_array_equal(training[1][:, 0], [1, 0, 3, 3, 2, 0])
+
+
+def test_bad_text_in_a_bucketed_field_is_an_error_naming_it() -> None:
+    transform = FeatureTransform("t", (), (Encoding("a", ("1",), bucket="log"), Encoding("b", ("1",), bucket="log")))
+    good, bad = ByteColumn.of([b"1", b""]), ByteColumn.of([b"2", b"x1"])
+    with pytest.raises(ValueError, match=r"feature 'b' \(bucket: log\): 'x1' is not a number"):
+        transform.transform_request(np.zeros((2, 0), dtype=np.float32), {"a": good, "b": bad})
+    with pytest.raises(ValueError, match=r"feature 'a': not UTF-8 text"):
+        transform.transform_request(np.zeros((2, 0), dtype=np.float32), {"a": ByteColumn.of([b"\xff", b""]), "b": good})

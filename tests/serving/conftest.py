@@ -62,7 +62,7 @@ def train_and_export(data: IngestResult, folder: Path) -> Exported:
 
 @pytest.fixture(scope="session")
 def criteo_exported(ingest_shared, tmp_path_factory) -> Exported:
-    _, data = ingest_shared("criteo")
+    _, data = ingest_shared("criteo_dense")  # served FP32 fields; the pipeline's tests serve the built-in schema
     return train_and_export(data, tmp_path_factory.mktemp("criteo_served"))
 
 
@@ -70,12 +70,11 @@ def criteo_exported(ingest_shared, tmp_path_factory) -> Exported:
 def criteo_retrained(tmp_path_factory) -> Exported:
     """The same architecture trained on another fold's training split: another fitted feature transform."""
     from features.ingest import SplitSpec, ingest
-    from features.schema import builtin_schema
-    from tests.conftest import shared
+    from tests.conftest import criteo_dense_schema, shared
 
     raw = shared("criteo")
     folder = tmp_path_factory.mktemp("criteo_retrained")
-    data = ingest(builtin_schema("criteo"), [raw], folder / "data", SplitSpec(folds=raw.parent / "folds.csv", fold=1))
+    data = ingest(criteo_dense_schema(), [raw], folder / "data", SplitSpec(folds=raw.parent / "folds.csv", fold=1))
     return train_and_export(data, folder)
 
 
