@@ -10,7 +10,6 @@ from components.images import CUDA_IMAGE
 def finetune(
     data: Input[Dataset],
     history: Input[Dataset],
-    top_k: int,
     epochs: float,
     seed: int,
     gpus: int,
@@ -18,7 +17,8 @@ def finetune(
     winner: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Train the first `top_k` architectures of the search for `epochs` epochs; the winner is a NASRecNet;
+    """Train the search's final round (its top-k and the seed architectures) for `epochs` epochs; the winner, the
+    best on validation, is a NASRecNet;
     `gpus` 0: on the CPU, else on CUDA.
     `code_digest` (of the project's source) makes a code change a new cache key."""
     import shutil
@@ -33,7 +33,7 @@ def finetune(
         from components.steps.finetune import finetune as finetune_step
 
         run = FinetuneRun.from_dict({"epochs": epochs, "seed": seed, "progress": False})
-        architectures = read_architectures(Path(history.path) / "top_k.json", top_k)
+        architectures = read_architectures(Path(history.path) / "top_k.json")
         with tempfile.TemporaryDirectory() as work:  # the candidates' checkpoints; the winner's is moved out
             result = finetune_step(architectures, Path(data.path), Path(work), run, training_device(gpus))
             shutil.move(Path(work) / "winner", winner.path)

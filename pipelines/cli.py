@@ -352,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument(
         "--architectures", type=Path, required=True, help="a search's top_k.json, or one architecture JSON"
     )
-    finetune.add_argument("--top-k", type=int, default=15, help="train the first K of them (default: 15)")
+    finetune.add_argument(
+        "--top-k", type=int, help="train the first K of them (default: all, the search's top-k and its seeds)"
+    )
     finetune.add_argument("--supernet", type=Path, help="supernet checkpoint (for --warm-start)")
     finetune.add_argument(
         "--warm-start", action="store_true", help="start from the inherited supernet weights instead of from scratch"

@@ -178,7 +178,6 @@ def nasrec_pipeline(
     tuned = finetune(
         data=data.outputs["data"],
         history=searched.outputs["history"],
-        top_k=top_k,
         epochs=finetune_epochs,
         seed=seed,
         gpus=gpus,

@@ -110,7 +110,11 @@ class _ArchitectureTrainer:
 
     def __call__(self, job: TrainingJob) -> dict[str, Any]:
         torch.manual_seed(job.init_seed)
-        net = self.supernet().extract(job.arch) if job.run.warm_start else NASRecNet(job.arch, self.data.input_schema)
+        net = (
+            self.supernet().extract(job.arch)
+            if job.run.warm_start
+            else NASRecNet.to_train(job.arch, self.data.input_schema)
+        )
         return train_network(net, describe(net), self.data, job.run, self.device, job.out).best
 
     def supernet(self) -> Supernet:

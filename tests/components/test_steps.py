@@ -13,13 +13,22 @@ import torch
 import components.steps.train_supernet as supernet_step
 from components.steps.data import IngestedData
 from components.steps.finetune import FinetuneRun, finetune, read_architectures
-from components.steps.search import fixed_batches, latency_model, latency_prefilter, measured_top_k, search
+from components.steps.search import (
+    fixed_batches,
+    latency_model,
+    latency_prefilter,
+    measured_top_k,
+    search,
+    seed_records,
+)
 from components.steps.train_supernet import SupernetRun, train_supernet
 from model.arch import Architecture
+from model.network import InputSchema
 from model.sampling import ArchitectureSampler
 from model.search import FitnessConfig, build_fitness
 from model.space import get_space
 from model.trainer import evaluate, load_checkpoint, load_model
+from model.zoo import seed_architectures
 from serving.latency import LatencyBudget, LatencyModel
 from tests.conftest import CPU, TINY_SEARCH, TINY_SUBNET_FITNESS, TINY_SUBNET_SEARCH
 
@@ -268,3 +277,22 @@ def test_the_data_fingerprint_follows_content_not_the_folder(ingested: Path, tmp
     assert IngestedData(moved).fingerprint() == IngestedData(ingested).fingerprint()
     (moved / "transform.json").write_text((moved / "transform.json").read_text() + "\n")
     assert IngestedData(moved).fingerprint() != IngestedData(ingested).fingerprint()
+
+
+def test_the_final_round_adds_the_seeds_the_top_k_lacks_as_the_search_scored_them() -> None:
+    space = get_space("ctr")
+    seeds = dict(zip(space.seed_architectures, seed_architectures(space)))
+    other = ArchitectureSampler(space, seed=0).sample()
+    records = [
+        {"architecture": arch.to_dict(), "val_logloss": 0.40 + i / 100}
+        for i, arch in enumerate([other, *list(seeds.values())[:-1]])  # the last seed was over budget: unscored
+    ]
+    best = [records[0], records[2]]  # the top 2: another architecture and the second seed
+    schema = InputSchema(1, (5, 7))
+    extra = seed_records(records, seeds, best, None, schema)
+    assert [r["seed"] for r in extra] == [n for n in space.seed_architectures[:-1] if n != space.seed_architectures[1]]
+    assert all(r == {**records[1 + list(seeds).index(r["seed"])], "seed": r["seed"]} for r in extra)
+    assert not seed_records(records, seeds, best, LatencyBudget(1e-6, batch_size=8), schema)  # none that fast
+    measured = seed_records(records, seeds, best, LatencyBudget(10_000.0, batch_size=8), schema)
+    assert [r["seed"] for r in measured] == [r["seed"] for r in extra]
+    assert all(0 < r["latency_p50_ms"] <= r["latency_p99_ms"] for r in measured)
