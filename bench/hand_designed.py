@@ -56,7 +56,7 @@ def run_fold(k: int, data_dir: Path, args: argparse.Namespace, device: torch.dev
 
         def in_space(optimizer: str, lr: float, arch: Architecture = arch) -> dict:
             torch.manual_seed(k)
-            net = NASRecNet(arch, data.input_schema)
+            net = NASRecNet.to_train(arch, data.input_schema)
             result = train_network(net, describe(net), data, replace(base, optimizer=optimizer, lr=lr), device, None)
             return {"validation": result.best, "test": evaluate(net.eval(), data.batches("test"), device)}
 

@@ -2,8 +2,9 @@
 
 Per fold k (test = fold k, validation = fold k+1, train = the rest), everything through the product's
 own steps: Feast ingestion, supernet training, regularised evolution with head fine-tuning, and
-training the top-k architectures; the baselines go through the same data path and training loop.
-Every model (each top-k architecture, each baseline) is trained at each point of the same small
+training the search's final round (its top-k by fitness and the seed architectures, the hand-designed models
+as the space expresses them); the baselines go through the same data path and training loop.
+Every model (each architecture of the final round, each baseline) is trained at each point of the same small
 optimiser/learning-rate grid with early stopping on validation AUC; the best validation point is the
 one tested. Nothing looks at the test fold before that. Each fold records the winning architecture, its MFLOPs,
 and every model's serving latency: p50/p99 of its ONNX graph in ONNX Runtime (one thread, as served) on one
@@ -36,10 +37,11 @@ import torch
 
 from bench.common import add_json_argument, write_json
 from components.steps.data import IngestedData
-from components.steps.finetune import FinetuneRun, read_architectures, train_network
+from components.steps.finetune import FinetuneRun, train_network
 from components.steps.search import SearchRun, search
 from components.steps.train_supernet import SupernetRun, train_supernet
 from features.schema import DatasetSchema, builtin_schema
+from model.arch import Architecture
 from model.baselines import BASELINES, build_baseline
 from model.network import NASRecNet
 from model.search import FitnessConfig, SearchConfig
@@ -67,7 +69,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--population", type=int, default=24, help="search population (default: 24)")
     parser.add_argument("--generations", type=int, default=8, help="search generations (default: 8)")
     parser.add_argument("--head-steps", type=int, default=100, help="head fine-tuning steps (default: 100)")
-    parser.add_argument("--top-k", type=int, default=2, help="architectures trained from scratch (default: 2)")
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=2,
+        help="architectures by fitness trained from scratch, beside the seeds (default: 2)",
+    )
     add_training_arguments(parser)
     parser.add_argument("--baselines", nargs="+", default=sorted(BASELINES), help="default: all")
     parser.add_argument(
@@ -190,14 +197,15 @@ def run_fold(k: int, schema: DatasetSchema, raw: Path, folds: Path, args, device
     )
     search(work / "supernet" / "checkpoint.pt", data, work / "search", search_run, device)
     seconds["search"], clock = time.perf_counter() - clock, time.perf_counter()
-    archs = read_architectures(work / "search" / "top_k.json", args.top_k)
+    final_round = json.loads((work / "search" / "top_k.json").read_text())  # the top-k by fitness, then the seeds
+    archs = [Architecture.from_dict(r["architecture"]) for r in final_round]
     base = training_run(data_dir, args, k)
 
     def nasrec(optimizer: str, lr: float) -> dict:
         per_arch = []
         for i, arch in enumerate(archs):
             torch.manual_seed(k)
-            net = NASRecNet(arch, data_dir.input_schema)
+            net = NASRecNet.to_train(arch, data_dir.input_schema)
             run = replace(base, optimizer=optimizer, lr=lr)
             result = train_network(net, describe(net), data_dir, run, device, None)
             per_arch.append({"rank": i, "validation": result.best, "net": net})
@@ -207,7 +215,8 @@ def run_fold(k: int, schema: DatasetSchema, raw: Path, folds: Path, args, device
 
     winner = best_over_grid(nasrec, args.grid)
     net = winner.pop("net")
-    models = {"nasrecnet": winner | {"architecture": net.arch.to_dict(), "mflops": net.mflops()}}
+    seed = final_round[winner["architecture_rank"]].get("seed")  # the winner's hand-designed name, if a seed
+    models = {"nasrecnet": winner | {"architecture": net.arch.to_dict(), "mflops": net.mflops(), "seed": seed}}
     seconds["nasrecnet_training"], clock = time.perf_counter() - clock, time.perf_counter()
     for name in args.baselines:
 

@@ -63,3 +63,14 @@ def test_schema_validation():
         InputSchema(0, (3,))
     with pytest.raises(ValueError, match="cardinalities"):
         InputSchema(1, ())
+
+
+def test_a_network_to_train_starts_with_the_first_order_term_alone_and_learns_its_head():
+    arch = Architecture((block(),), first_order=True)
+    net = NASRecNet.to_train(arch, SCHEMA)
+    dense, sparse = torch.randn(64, 13), torch.randint(0, 5, (64, 2))
+    assert (net.head.weight == 0).all()
+    torch.testing.assert_close(net(dense, sparse), net.head.bias + net.logit_offset(dense, sparse))
+    torch.nn.functional.binary_cross_entropy_with_logits(net(dense, sparse), torch.rand(64).round()).backward()
+    assert net.head.weight.grad.abs().sum() > 0  # the head learns from the first step, and the blocks after it
+    assert (NASRecNet(arch, SCHEMA).head.weight != 0).any()  # a network built to load or export keeps Xavier's
