@@ -170,10 +170,11 @@ class Encoding:
     @property
     def _bucket_table(self) -> tuple[int, np.ndarray]:
         def build() -> tuple[int, np.ndarray]:
-            buckets = np.array([int(v) for v in self.vocabulary] or [0], dtype=np.int64)
-            table = np.zeros(int(buckets.max() - buckets.min()) + 1, dtype=np.int64)
-            table[buckets - buckets.min()] = np.arange(1, len(self.vocabulary) + 1) if self.vocabulary else 0
-            return int(buckets.min()), table
+            buckets = np.array([int(v) for v in self.vocabulary], dtype=np.int64)
+            low = int(buckets.min()) if len(buckets) else 0
+            table = np.zeros(int(buckets.max()) - low + 1 if len(buckets) else 0, dtype=np.int64)
+            table[buckets - low] = np.arange(1, len(buckets) + 1)
+            return low, table
 
         return self._cached("_buckets", build)
 
@@ -294,7 +295,7 @@ class FeatureTransform:
         encodings = []
         for spec in schema.categorical:
             if spec.encoding == "hash":
-                encodings.append(Encoding(spec.name, buckets=spec.buckets, bucket=spec.bucket))
+                encodings.append(Encoding(spec.name, buckets=spec.buckets))
                 continue
             counts = counters[spec.name].total().filter(pc.field("count") >= spec.min_count)
             order = pc.sort_indices(counts, sort_keys=[("count", "descending"), ("value", "ascending")])
@@ -350,9 +351,10 @@ class FeatureTransform:
         except ValueError:
             for name in names:
                 try:
-                    log_buckets(categorical[name].to_arrow(), name)
+                    text = categorical[name].to_arrow()
                 except ValueError as err:
-                    raise ValueError(f"feature {name!r}: {err}" if "feature" not in str(err) else str(err)) from None
+                    raise ValueError(f"feature {name!r}: {err}") from None
+                log_buckets(text, name)
             raise
 
     @cached_property

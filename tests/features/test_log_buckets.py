@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from features.schema import Categorical, DatasetSchema, EventTime
-from features.transform import FeatureTransform, log_buckets
+from features.transform import Encoding, FeatureTransform, log_buckets
 
 
 def test_log_buckets_follow_fuxictr_convert_to_bucket() -> None:
@@ -40,6 +40,8 @@ def test_the_vocabulary_holds_buckets_seen_min_count_times_and_round_trips() -> 
     assert (clicks.bucket, clicks.vocabulary) == ("log", ("0", "21"))  # 5 (bucket 2) was seen once
     assert FeatureTransform.from_dict(transform.to_dict()) == transform
     assert "bucket" not in transform.to_dict()["categorical"][1]  # files without buckets read as before
+    np.testing.assert_array_equal(clicks.encode(["0", "104", "7", None, "-3"]), [1, 2, 0, 0, 0])
+    assert Encoding("rare", (), bucket="log").encode(["5", None]).tolist() == [0, 0]  # no bucket seen often enough
 
 
 def test_a_schema_refuses_an_unknown_bucketing() -> None:
