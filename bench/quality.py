@@ -52,7 +52,7 @@ from serving.latency import measure_latency
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_GRID = ("adagrad:0.03", "adagrad:0.1", "adam:0.001", "adam:0.003", "adam:0.01")
-RECORDED = ("test", "validation", "optimizer", "lr", "latency", "architecture", "architecture_rank", "mflops")
+RECORDED = ("test", "validation", "optimizer", "lr", "latency", "architecture", "architecture_rank", "seed", "mflops")
 BUILTIN = {"criteo": SHARED / "criteo_kaggle_10k" / "train.txt", "avazu": SHARED / "avazu_10k" / "train.csv"}
 
 
