@@ -69,7 +69,7 @@ def test_evaluate_scores_the_served_version_on_this_runs_test_events(
 
     served_schema = repository / "nasrec_criteo" / "1" / "schema.yaml"  # the served model took other fields
     schema = yaml.safe_load(served_schema.read_text())
-    served_schema.write_text(yaml.safe_dump(schema | {"name": "mine", "dense": schema["dense"][:-1]}))
+    served_schema.write_text(yaml.safe_dump(schema | {"name": "mine", "categorical": schema["categorical"][:-1]}))
     refused = evaluate(winner, ingested, None, run, CPU)
     assert not refused["deploy"] and "takes the fields of schema 'mine'" in refused["reason"]
     with pytest.raises(FileNotFoundError, match=r"is .* a fine-tuned model"):
