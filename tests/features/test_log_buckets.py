@@ -44,6 +44,8 @@ def test_the_vocabulary_holds_buckets_seen_min_count_times_and_round_trips() -> 
     assert Encoding("rare", (), bucket="log").encode(["5", None]).tolist() == [0, 0]  # no bucket seen often enough
 
 
-def test_a_schema_refuses_an_unknown_bucketing() -> None:
+def test_a_schema_refuses_an_unknown_bucketing_and_buckets_of_a_hash() -> None:
     with pytest.raises(ValueError, match="categorical 'clicks': bucket must be 'log' or absent, got 'sqrt'"):
         schema(bucket="sqrt")
+    with pytest.raises(ValueError, match="categorical 'ids': bucket 'log' needs the vocab encoding"):
+        Categorical("ids", encoding="hash", buckets=8, bucket="log")
