@@ -368,11 +368,16 @@ def _budget_error(budget: float | None) -> ValueError:
     )
 
 
+def architecture_key(architecture: dict[str, Any]) -> str:
+    """An architecture's JSON as one text, whatever the order of its keys: the identity of a search record."""
+    return json.dumps(architecture, sort_keys=True)
+
+
 def top_k(records: Iterable[dict[str, Any]], k: int) -> list[dict[str, Any]]:
     """The k distinct architectures with the lowest validation log loss."""
     best: dict[str, dict[str, Any]] = {}
     for record in records:
-        key = json.dumps(record["architecture"], sort_keys=True)
+        key = architecture_key(record["architecture"])
         if key not in best or record["val_logloss"] < best[key]["val_logloss"]:
             best[key] = record
     return sorted(best.values(), key=lambda r: r["val_logloss"])[:k]

@@ -23,6 +23,7 @@ from model.search import (
     SearchConfig,
     SearchHistory,
     WorkerPool,
+    architecture_key,
     build_fitness,
     regularized_evolution,
     top_k,
@@ -254,11 +255,11 @@ def seed_records(
     among `best` and within the budgets: the final round trains them beside the top-k, so a search never
     answers with a model that validates worse than the hand-designed ones it started from. With a fitness of
     Kendall tau 0.3 on small data, the seeds often rank far below the top-k (bench/results/quality/FINDINGS.md)."""
-    chosen = {json.dumps(r["architecture"], sort_keys=True) for r in best}
-    scored = {json.dumps(r["architecture"], sort_keys=True): r for r in records}  # unaffordable seeds are absent
+    chosen = {architecture_key(r["architecture"]) for r in best}
+    scored = {architecture_key(r["architecture"]): r for r in records}  # unaffordable seeds are absent
     extra = []
     for name, arch in seeds.items():
-        key = json.dumps(arch.to_dict(), sort_keys=True)
+        key = architecture_key(arch.to_dict())
         if key in chosen or key not in scored:
             continue
         record = {**scored[key], "seed": name}
