@@ -19,6 +19,7 @@ import yaml
 from feast import Entity, FeatureService, FeatureStore, FeatureView
 from feast.data_source import DataSource
 
+from features.offline_store import TYPE as OFFLINE_STORE
 from features.online import entity_view
 from features.readers import EVENT_ID, EVENT_TIMESTAMP
 from features.schema import DatasetSchema
@@ -43,7 +44,7 @@ def local_config(schema: DatasetSchema) -> dict:
         "project": schema.name,
         "registry": "data/registry.db",
         "provider": "local",
-        "offline_store": {"type": "duckdb"},
+        "offline_store": {"type": OFFLINE_STORE},
         "online_store": {"type": "sqlite", "path": "data/online_store.db"},
         "entity_key_serialization_version": 3,
     }
@@ -59,7 +60,7 @@ def production_config(project: str) -> dict:
             "cache_ttl_seconds": 60,
         },
         "provider": "local",
-        "offline_store": {"type": "duckdb"},
+        "offline_store": {"type": OFFLINE_STORE},
         "online_store": {"type": "redis", "connection_string": "${REDIS_CONNECTION_STRING}"},
         "entity_key_serialization_version": 3,
     }

@@ -9,6 +9,11 @@
         schema.yaml              the dataset schema (for serving: raw column names and entities)
         stats.json               rows, rejects, label rates, cardinalities
 
+Every step streams: the reader writes the event table in blocks, the point-in-time join runs in DuckDB behind
+Feast's offline-store interface (`features.offline_store`) and writes its result to disk, and the transform is
+fitted and applied batch by batch. Peak memory is one batch plus the vocabulary counts (which grow with the
+distinct values, not the rows) plus DuckDB's `memory_limit`, beyond which it spills to disk.
+
 Every output is written under a temporary name and moved into place only when all of them are complete,
 so a failed run leaves the previous outputs untouched.
 """
@@ -19,18 +24,23 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import pairwise
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureStore
+from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
+from feast.utils import _convert_arrow_to_proto
 
 from features.feast_repo import LOCAL_CONFIG, apply_repo, feature_service_name, open_store, view_keys, write_repo
+from features.offline_store import duckdb_connection, latest_rows, sql_literal
 from features.online import OnlineReader
 from features.prefetch import prefetch
 from features.readers import EVENT_ID, EVENT_TIMESTAMP, IngestError, RawReader
@@ -38,6 +48,9 @@ from features.schema import DatasetSchema
 from features.transform import LABEL, FeatureTransform, dense_columns
 
 SPLITS = ("train", "validation", "test")
+SPLIT_COLUMN = "ingest_split"  # the entity rows' split, carried through the point-in-time join
+BATCH_ROWS = 100_000  # rows per batch when fitting and applying the transform
+INGEST_MEMORY_LIMIT = "512MB"  # DuckDB's, for ingest's own sorts of the joined rows
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,34 @@ class SplitSpec:
     test_fraction: float = 0.1
     folds: Path | None = None
     fold: int = 0
+
+    def check(self) -> None:
+        """Fail on a split that cannot work, before any row is read."""
+        if self.folds is None:
+            for name in ("validation_fraction", "test_fraction"):
+                if not 0 <= getattr(self, name) < 1:
+                    raise IngestError(f"split: {name} must be in [0, 1), got {getattr(self, name)}")
+            if self.validation_fraction + self.test_fraction >= 1:
+                raise IngestError(
+                    f"split: validation_fraction + test_fraction must leave training rows, got "
+                    f"{self.validation_fraction} + {self.test_fraction}"
+                )
+            return
+        if not Path(self.folds).is_file():
+            raise IngestError(f"{self.folds}: no such fold file")
+        with open(self.folds) as f:
+            header = f.readline().strip().split(",")
+        if header[:2] != ["row", "fold"]:
+            raise IngestError(f"{self.folds}: expected columns row,fold; got {header}")
+        with _duckdb() as con:
+            try:
+                low, count = con.execute(f"SELECT min(fold), max(fold) + 1 FROM {_folds_table(self.folds)}").fetchone()
+            except duckdb.Error as error:
+                raise IngestError(f"{self.folds}: not a row,fold table of integers: {error}") from None
+        if low is None or low < 0:
+            raise IngestError(f"{self.folds}: folds must be numbered 0..n-1, got {'none' if low is None else low}")
+        if not 0 <= self.fold < count:
+            raise IngestError(f"split: fold must be in 0..{count - 1} (the folds of {self.folds}), got {self.fold}")
 
 
 @dataclass
@@ -71,6 +112,7 @@ def ingest(
     max_reject_fraction: float = 0.01,
     log=print,
 ) -> IngestResult:
+    split.check()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = out_dir / ".staging"
@@ -86,18 +128,15 @@ def ingest(
 
         write_repo(schema, staging / "feature_repo", events_path)
         store = apply_repo(staging / "feature_repo")
-        frame = historical_features(store, schema, events_path)
-        log(f"point-in-time join of {len(frame):,} rows through Feast")
+        joined = staging / "joined.parquet"
+        historical_features(store, schema, spine_query(schema, events_path, split, rows), joined)
+        join_seconds = time.perf_counter() - started - read_seconds
+        split_stats = _split_stats(joined, schema)
+        log(f"point-in-time join of {rows:,} rows through Feast in {join_seconds:.1f} s")
 
-        assignment = assign_splits(frame, split)
-        transform = FeatureTransform.fit(schema, [frame[assignment == "train"]])
-        split_paths = {}
-        for name in SPLITS:
-            part = frame[assignment == name]
-            if part.empty:
-                raise IngestError(f"split {name!r} is empty: check the fold file or the split fractions")
-            split_paths[name] = staging / f"{name}.parquet"
-            write_model_ready(part, transform, schema, split_paths[name])
+        transform = FeatureTransform.fit(schema, joined_batches(joined, "train", ordered=False))
+        split_paths = write_model_ready(joined, transform, schema, staging)
+        joined.unlink()
         transform.save(staging / "transform.json")
         schema.save(staging / "schema.yaml")
         stats = {
@@ -105,23 +144,19 @@ def ingest(
             "rows": rows,
             "rejected": reader.stats.rejected,
             "reject_reasons": reader.stats.reasons,
-            "label_rate": float(frame[schema.label].mean()),
-            "splits": {
-                n: {
-                    "rows": int((assignment == n).sum()),
-                    "label_rate": float(frame.loc[assignment == n, schema.label].mean()),
-                }
-                for n in SPLITS
-            },
+            "label_rate": sum(s["rows"] * s["label_rate"] for s in split_stats.values()) / rows,
+            "splits": split_stats,
             "cardinalities": dict(zip(schema.categorical_names, transform.cardinalities)),
             "read_seconds": round(read_seconds, 3),
+            "join_seconds": round(join_seconds, 3),
             "total_seconds": round(time.perf_counter() - started, 3),
         }
         (staging / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         # everything is complete: move it into place, then point the repo's source at the final events
         final_events = out_dir / "offline" / "events.parquet"
-        for name in (*(f"{s}.parquet" for s in SPLITS), "transform.json", "schema.yaml", "stats.json", "rejects.csv"):
-            _replace(staging / name, out_dir / name)
+        for path in (*split_paths.values(), *(staging / n for n in ("transform.json", "schema.yaml", "stats.json"))):
+            _replace(path, out_dir / path.name)
+        _replace(staging / "rejects.csv", out_dir / "rejects.csv")
         _replace(events_path, final_events)
         shutil.rmtree(out_dir / "feature_repo", ignore_errors=True)
         os.replace(staging / "feature_repo", out_dir / "feature_repo")
@@ -154,36 +189,98 @@ def write_events(reader: RawReader, path: Path) -> int:
     return rows
 
 
-def historical_features(store: FeatureStore, schema: DatasetSchema, events_path: Path) -> pd.DataFrame:
-    """Point-in-time join: each event gets every feature as of its own timestamp, through Feast."""
+def spine_query(schema: DatasetSchema, events_path: Path, split: SplitSpec, rows: int) -> str:
+    """The entity rows of the point-in-time join, as a DuckDB query over the event table: event id, time, label,
+    entity keys, and each row's split (SPLIT_COLUMN).
+
+    By time, the split follows the order of (time, event id); by fold file, test is fold k and validation k+1.
+    """
     keys = [e.key for e in schema.entities]
-    spine = pq.read_table(events_path, columns=[EVENT_ID, EVENT_TIMESTAMP, schema.label, *keys]).to_pandas()
-    service = store.get_feature_service(feature_service_name(schema))
-    frame = store.get_historical_features(entity_df=spine, features=service).to_df()
-    return frame.sort_values(EVENT_ID, kind="stable").reset_index(drop=True)
-
-
-def assign_splits(frame: pd.DataFrame, split: SplitSpec) -> np.ndarray:
+    columns = ", ".join(f'e."{c}"' for c in [EVENT_ID, EVENT_TIMESTAMP, schema.label, *keys])
+    events = f"read_parquet({sql_literal(events_path)})"
     if split.folds is not None:
-        folds = pd.read_csv(split.folds)
-        if list(folds.columns[:2]) != ["row", "fold"]:
-            raise IngestError(f"{split.folds}: expected columns row,fold; got {list(folds.columns)}")
-        fold_of = folds.set_index("row")["fold"]
-        missing = ~frame[EVENT_ID].isin(fold_of.index)
-        if missing.any():
-            raise IngestError(f"{split.folds}: no fold for rows {frame.loc[missing, EVENT_ID].head(5).tolist()}")
-        n = int(fold_of.max()) + 1
-        fold = fold_of.loc[frame[EVENT_ID]].to_numpy()
-        return np.where(fold == split.fold, "test", np.where(fold == (split.fold + 1) % n, "validation", "train"))
-    order = frame[EVENT_TIMESTAMP].rank(method="first").to_numpy() - 1  # 0..n-1 by time
-    n = len(frame)
-    test_start = n - round(n * split.test_fraction)
-    validation_start = test_start - round(n * split.validation_fraction)
-    return np.where(order >= test_start, "test", np.where(order >= validation_start, "validation", "train"))
+        with _duckdb() as con:
+            count = con.execute(f"SELECT max(fold) + 1 FROM {_folds_table(split.folds)}").fetchone()[0]
+            missing = con.execute(
+                f"SELECT e.{EVENT_ID} FROM {events} e ANTI JOIN {_folds_table(split.folds)} f "
+                f"ON f.row = e.{EVENT_ID} ORDER BY 1 LIMIT 5"
+            ).fetchall()
+        if missing:
+            raise IngestError(f"{split.folds}: no fold for rows {[m[0] for m in missing]}")
+        case = (
+            f"CASE f.fold WHEN {split.fold} THEN 'test' WHEN {(split.fold + 1) % count} THEN 'validation' "
+            "ELSE 'train' END"
+        )
+        return (
+            f"SELECT {columns}, {case} AS {SPLIT_COLUMN} FROM {events} e JOIN {_folds_table(split.folds)} f "
+            f"ON f.row = e.{EVENT_ID}"
+        )
+    test_start = rows - round(rows * split.test_fraction)
+    validation_start = test_start - round(rows * split.validation_fraction)
+    order = f"row_number() OVER (ORDER BY e.{EVENT_TIMESTAMP}, e.{EVENT_ID}) - 1"
+    case = (
+        f"CASE WHEN {order} >= {test_start} THEN 'test' WHEN {order} >= {validation_start} THEN 'validation' "
+        "ELSE 'train' END"
+    )
+    return f"SELECT {columns}, {case} AS {SPLIT_COLUMN} FROM {events} e"
 
 
-def write_model_ready(frame: pd.DataFrame, transform: FeatureTransform, schema: DatasetSchema, path: Path) -> None:
-    """label (float32), dense (float32, transformed) and categorical ids (int64), plus event id and time."""
+def historical_features(store: FeatureStore, schema: DatasetSchema, entity_rows: str, path: Path) -> None:
+    """Point-in-time join: each entity row gets every feature as of its own timestamp, through Feast; the result
+    goes to `path` (Parquet) without passing through Python's memory."""
+    service = store.get_feature_service(feature_service_name(schema))
+    job = store.get_historical_features(entity_df=entity_rows, features=service)
+    job.persist(SavedDatasetFileStorage(path=str(path)), allow_overwrite=True)
+
+
+def joined_batches(
+    joined: Path, split: str | None = None, ordered: bool = True, batch_rows: int = BATCH_ROWS
+) -> Iterator[pd.DataFrame]:
+    """The joined rows of one split (all when None), in event-id order unless not `ordered`, `batch_rows` at a
+    time."""
+    where = f"WHERE {SPLIT_COLUMN} = {sql_literal(split)}" if split else ""
+    order = f"ORDER BY {EVENT_ID}" if ordered else ""
+    with _duckdb() as con:
+        for batch in con.sql(f"SELECT * FROM read_parquet({sql_literal(joined)}) {where} {order}").to_arrow_reader(
+            batch_rows
+        ):
+            yield batch.to_pandas()
+
+
+def _split_stats(joined: Path, schema: DatasetSchema) -> dict[str, dict]:
+    with _duckdb() as con:
+        found = con.execute(
+            f'SELECT {SPLIT_COLUMN}, count(*), avg("{schema.label}") FROM read_parquet({sql_literal(joined)}) '
+            f"GROUP BY {SPLIT_COLUMN}"
+        ).fetchall()
+    stats = {name: {"rows": int(n), "label_rate": float(rate)} for name, n, rate in found}
+    for name in SPLITS:
+        if name not in stats:
+            raise IngestError(f"split {name!r} is empty: check the fold file or the split fractions")
+    return {name: stats[name] for name in SPLITS}
+
+
+def write_model_ready(
+    joined: Path, transform: FeatureTransform, schema: DatasetSchema, folder: Path
+) -> dict[str, Path]:
+    """Each split's rows, model-ready, to folder/<split>.parquet: label (float32), dense (float32, transformed)
+    and categorical ids (int64), plus event id and time."""
+    paths = {name: folder / f"{name}.parquet" for name in SPLITS}
+    writers: dict[str, pq.ParquetWriter] = {}
+    try:
+        for frame in joined_batches(joined):
+            for name, part in frame.groupby(SPLIT_COLUMN, sort=False):
+                table = model_ready_table(part, transform, schema)
+                if name not in writers:
+                    writers[name] = pq.ParquetWriter(paths[name], table.schema)
+                writers[name].write_table(table)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return paths
+
+
+def model_ready_table(frame: pd.DataFrame, transform: FeatureTransform, schema: DatasetSchema) -> pa.Table:
     dense, sparse = transform.transform(frame)
     columns = {
         EVENT_ID: frame[EVENT_ID].to_numpy(),
@@ -192,7 +289,16 @@ def write_model_ready(frame: pd.DataFrame, transform: FeatureTransform, schema: 
     }
     columns |= {name: dense[:, j] for j, name in enumerate(dense_columns(transform))}
     columns |= {name: sparse[:, j] for j, name in enumerate(schema.categorical_names)}
-    pq.write_table(pa.table(columns), path)
+    return pa.table(columns)
+
+
+def _duckdb() -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+    """A DuckDB connection for ingest's own queries over its files."""
+    return duckdb_connection(INGEST_MEMORY_LIMIT)
+
+
+def _folds_table(folds: Path) -> str:
+    return f"read_csv({sql_literal(folds)}, header = true, columns = {{'row': 'BIGINT', 'fold': 'BIGINT'}})"
 
 
 class OnlineFeatures:
@@ -212,33 +318,35 @@ class OnlineFeatures:
         views = {key: (view, features[view]) for view, key in view_keys(schema).items()}
         self.reader = OnlineReader(store, schema, views)
         self.store = store
+        self.repo = Path(repo)
 
     @property
     def keys(self) -> tuple[str, ...]:
         """The join keys this store answers for: event_id, then each entity's key."""
         return tuple(self.reader.views)
 
-    def materialize(
-        self, start: datetime, end: datetime, rows_per_window: int = 50_000, entities_only: bool = False
-    ) -> int:
-        """Write the latest feature values in [start, end) to the online store; returns the rows read.
+    def materialize(self, start: datetime, end: datetime, entities_only: bool = False, batch_rows: int = 10_000) -> int:
+        """Write each key's latest feature values in [start, end) to the online store; returns the keys written.
 
         `entities_only` skips the event-level view: a live request carries its own event fields.
 
-        Feast holds a whole materialisation window in memory as Python objects (about 24 GB for 1M Criteo
-        rows), so the range is cut into windows of about `rows_per_window` events each, in time order.
+        The latest row per key comes from one DuckDB pass over the offline source (`latest_rows`) and is written
+        `batch_rows` keys at a time, so memory follows the batch, and a key with many rows is written once. (Feast's
+        own `materialize` reads every row of the range into pandas and drops duplicates there: about 2,400 keys/s
+        and all rows in memory on a 1M-row log.) The materialised range is recorded in the registry, as Feast does.
         """
-        source = self.store.get_feature_view(next(iter(view_keys(self.schema)))).batch_source.path
-        times = pq.read_table(source, columns=[EVENT_TIMESTAMP])[EVENT_TIMESTAMP].to_pandas()
-        times = times[(times >= pd.Timestamp(start)) & (times < pd.Timestamp(end))].sort_values()
-        if times.empty:
-            return 0
-        cuts = times.iloc[rows_per_window::rows_per_window].drop_duplicates().tolist()
-        bounds = [pd.Timestamp(start), *cuts, pd.Timestamp(end)]
-        views = [view for view, key in view_keys(self.schema).items() if key != EVENT_ID] if entities_only else None
-        for lo, hi in pairwise(bounds):
-            self.store.materialize(start_date=lo.to_pydatetime(), end_date=hi.to_pydatetime(), feature_views=views)
-        return len(times)
+        written = 0
+        for view_name, key in view_keys(self.schema).items():
+            if entities_only and key == EVENT_ID:
+                continue
+            view = self.store.get_feature_view(view_name)
+            join_keys = {c.name: c.dtype.to_value_type() for c in view.entity_columns}
+            for batch in latest_rows(view, self.repo, start, end, batch_rows=batch_rows):
+                rows = _convert_arrow_to_proto(batch, view, join_keys)
+                self.reader.provider.online_write_batch(self.store.config, view, rows, progress=None)
+                written += batch.num_rows
+            self.store.registry.apply_materialization(view, self.store.project, start, end)
+        return written
 
     def raw_features(self, keys: dict[str, list]) -> dict[str, list]:
         """Raw feature values {feature: one value per row} of the views keyed by `keys`; None where unknown."""

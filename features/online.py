@@ -37,7 +37,7 @@ class OnlineReader:
         self, store: FeatureStore, schema: DatasetSchema, views: dict[str, tuple[str, list[str]]] | None = None
     ):
         self.store = store
-        self._provider = get_provider(self.store.config)
+        self.provider = get_provider(self.store.config)
         views = views or {e.key: (entity_view(schema, e), list(e.features)) for e in schema.entities}
         self.views: dict[str, tuple[FeatureView, list[str]]] = {
             key: (self.store.get_feature_view(view), features) for key, (view, features) in views.items()
@@ -50,7 +50,7 @@ class OnlineReader:
         as_value = _int_value if any(c.name == key and c.dtype == Int64 for c in view.entity_columns) else _str_value
         entity_keys = [EntityKeyProto(join_keys=[key], entity_values=[as_value(v)]) for v in distinct]
         # a copy: the Redis store appends its timestamp keys to the list it is given
-        read = self._provider.online_read(self.store.config, view, entity_keys, list(features)) if distinct else []
+        read = self.provider.online_read(self.store.config, view, entity_keys, list(features)) if distinct else []
         by_key = {v: record or {} for v, (_, record) in zip(distinct, read)}
         return {f: [_python_value(by_key.get(v, {}).get(f)) for v in values] for f in features}
 

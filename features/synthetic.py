@@ -5,6 +5,7 @@ so that models have something real to learn and better models score measurably b
 from __future__ import annotations
 
 import gzip
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,15 +76,25 @@ class TeacherCTR:
 
 
 def write_synthetic_log(
-    schema: DatasetSchema, path: Path, rows: int, seed: int = 0, cardinality: int = 10_000, chunk_rows: int = 100_000
+    schema: DatasetSchema,
+    path: Path,
+    rows: int,
+    seed: int = 0,
+    cardinality: int = 10_000,
+    chunk_rows: int = 100_000,
+    hot_keys: Mapping[str, float] | None = None,
 ) -> Path:
     """Stream `rows` raw log rows: Parquet for a `.parquet` path, else the schema's text format (.gz allowed).
 
     Labels come from a fixed TeacherCTR over the ids, so the data is learnable; memory is bounded by
     `chunk_rows`, whatever `rows` is. Categorical values are written as 8-hex-digit tokens (as in Criteo) or, for
     `bucket` features, as numbers; dense values as non-negative counts with ~5% missing; event time one second
-    per row.
+    per row. `hot_keys` skews a log as real ones are: {feature: fraction} gives that fraction of rows, at random,
+    one value of the feature (e.g. {"device_id": 0.8}: one device key holds 80% of the rows).
     """
+    unknown = sorted(set(hot_keys or {}) - set(schema.categorical_names))
+    if unknown:
+        raise ValueError(f"hot_keys: {unknown} are not categorical features of {schema.name!r}")
     num_dense = max(1, len(schema.dense))
     cards = tuple(min(cardinality, 2**31) for _ in schema.categorical)
     teacher = TeacherCTR(num_dense, cards, seed=seed)
@@ -101,10 +112,13 @@ def write_synthetic_log(
                 column[rng.random(n) < 0.05] = None  # missing: empty in text, null in Parquet
                 data[name] = column
             for j, spec in enumerate(schema.categorical):
+                ids = batch.sparse[:, j]
+                if spec.name in (hot_keys or {}):  # the hot value is id 0's
+                    ids = np.where(rng.random(n) < hot_keys[spec.name], 0, ids)
                 if spec.bucket:  # a number read as categories: the id itself, as a count
-                    data[spec.name] = batch.sparse[:, j].astype(str).astype(object)
+                    data[spec.name] = ids.astype(str).astype(object)
                 else:
-                    data[spec.name] = np.char.mod("%08x", (batch.sparse[:, j] * 2654435761 + j) % 2**32).astype(object)
+                    data[spec.name] = np.char.mod("%08x", (ids * 2654435761 + j) % 2**32).astype(object)
             if schema.timestamp.source == "column":
                 data[schema.timestamp.column] = _format_times(
                     start + pd.to_timedelta(np.arange(first, first + n), "s"), schema.timestamp.parser

@@ -106,9 +106,9 @@ def test_feature_repo_files(ingested):
     for f in ("feature_store.yaml", "feature_store.production.yaml", "definitions.py"):
         assert (repo / f).exists()
     text = (repo / "feature_store.yaml").read_text()
-    assert "duckdb" in text and "sqlite" in text
+    assert "AsofDuckDBOfflineStore" in text and "sqlite" in text
     production = (repo / "feature_store.production.yaml").read_text()
-    assert "redis" in production and "duckdb" in production
+    assert "redis" in production and "AsofDuckDBOfflineStore" in production
     assert '"../offline/events.parquet"' in (repo / "definitions.py").read_text()  # moves with the repo
     assert str(repo.parent) not in (repo / "definitions.py").read_text()
     definitions = (repo / "definitions.py").read_text()
