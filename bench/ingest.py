@@ -1,127 +1,189 @@
-"""Ingestion throughput on a synthetic Criteo-format log: read+transform rows/s, Feast ingestion and
-materialisation rows/s, online lookup latency (1 and 512 entities), and loader batches/s against the
-training step rate.
+"""Ingestion at scale, side by side in one run, on synthetic logs:
 
-    python -m bench.ingest [--rows 1000000] [--json PATH]
+- ingest (read, point-in-time join through Feast, transform, splits) of Criteo-format logs of each --rows size:
+  rows/s and the peak RSS of the process that ran it, and each peak over the first size's;
+- the skewed entity ingest: an Avazu-format log of --skewed-rows rows where one device key holds --hot-fraction of
+  the rows (the case a pairwise point-in-time join makes quadratic);
+- materialisation of that ingest's entity views into SQLite and into Redis (a local redis-server): log rows/s and
+  keys written/s;
+- online lookups of 1 and 512 entities' features (every entity view, as a served request reads them) on both stores.
+
+    python -m bench.ingest [--rows 1000000 10000000] [--skewed-rows 1000000] [--json PATH]
+
+Each ingest runs in a fresh process, so its peak RSS is its own. Synthetic logs are inputs, not figures: they are
+kept in --work-dir and reused across runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import multiprocessing
+import os
+import resource
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-import torch
 
 from bench.common import add_json_argument, percentiles, write_json
+from features.feast_repo import LOCAL_CONFIG, PRODUCTION_CONFIG, apply_repo
 from features.ingest import OnlineFeatures, SplitSpec, ingest
-from features.loader import SplitLoader
-from features.prefetch import prefetch
-from features.readers import EVENT_ID, EVENT_TIMESTAMP, RawReader
+from features.local_redis import local_redis
+from features.readers import EVENT_TIMESTAMP, RawReader
 from features.schema import builtin_schema
 from features.synthetic import write_synthetic_log
 from features.transform import FeatureTransform
-from model.network import InputSchema, NASRecNet
-from model.sampling import ArchitectureSampler
-from model.space import get_space
-from model.training import Batch, SliceAdagrad, network_step
+
+HOT_KEY = "device_id"
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic log (default 1M)")
-    parser.add_argument("--work-dir", type=Path, default=Path("runs/bench/ingest"), help="where files go")
-    parser.add_argument("--lookups", type=int, default=500, help="single-entity online lookups to time")
-    parser.add_argument("--materialize-rows", type=int, default=100_000, help="events materialised (default 100k)")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000], help="Criteo log sizes")
+    parser.add_argument("--skewed-rows", type=int, default=1_000_000, help="rows of the skewed Avazu-format log")
+    parser.add_argument("--hot-fraction", type=float, default=0.8, help="share of the rows given one device key")
+    parser.add_argument("--lookups", type=int, default=500, help="timed lookups of one entity (1/10 as many of 512)")
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/bench/ingest"), help="logs and outputs")
     parser.add_argument("--seed", type=int, default=0)
     add_json_argument(parser)
     args = parser.parse_args(argv)
-    schema = builtin_schema("criteo")
+    for name in ("rows", "skewed_rows", "lookups"):
+        if min(np.atleast_1d(getattr(args, name))) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if not 0 < args.hot_fraction < 1:
+        parser.error(f"--hot-fraction must be in (0, 1), got {args.hot_fraction}")
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    raw = args.work_dir / f"criteo_synthetic_{args.rows}_seed{args.seed}.txt"
-    if not raw.exists():  # the log is an input, not a figure: reuse it across runs
-        print(f"writing {args.rows:,} synthetic rows to {raw} ...", flush=True)
-        write_synthetic_log(schema, raw, args.rows, seed=args.seed)
-    figures: dict = {"rows": args.rows, "raw_bytes": raw.stat().st_size}
+    figures: dict = {"cpu_count": os.cpu_count()}
 
-    reader = RawReader(schema, [raw])
-    start = time.perf_counter()
-    fit_rows = []
-    for chunk in prefetch(reader.chunks()):
-        if sum(len(c) for c in fit_rows) < args.rows // 10:
-            fit_rows.append(chunk)
-    read_s = time.perf_counter() - start
-    transform = FeatureTransform.fit(schema, fit_rows)
-    start = time.perf_counter()
-    for chunk in prefetch(reader.chunks()):
-        transform.transform(chunk)
-    read_transform_s = time.perf_counter() - start
-    figures["read_rows_per_s"] = args.rows / read_s
-    figures["read_transform_rows_per_s"] = args.rows / read_transform_s
+    criteo = builtin_schema("criteo")
+    logs = {rows: synthetic_log(args.work_dir, "criteo", rows, args.seed) for rows in args.rows}
+    figures["read_transform"] = read_transform(criteo, logs[min(args.rows)])
+    figures["criteo_ingest"] = {}
+    for rows, log in logs.items():
+        figures["criteo_ingest"][str(rows)] = run = ingest_in_child("criteo", log, args.work_dir / f"criteo_{rows}")
+        print(f"criteo ingest, {rows:,} rows: {run['rows_per_s']:,.0f} rows/s, peak RSS {run['peak_rss_mib']:,.0f} MiB")
+    first = figures["criteo_ingest"][str(args.rows[0])]["peak_rss_mib"]
+    for run in figures["criteo_ingest"].values():
+        run["peak_rss_over_first"] = run["peak_rss_mib"] / first
+
+    skewed = synthetic_log(args.work_dir, "avazu", args.skewed_rows, args.seed, args.hot_fraction)
+    out = args.work_dir / f"avazu_skewed_{args.skewed_rows}"
+    figures["skewed_ingest"] = run = ingest_in_child("avazu", skewed, out)
+    run["hot_key_share"] = hot_key_share(out / "offline" / "events.parquet")
     print(
-        f"read: {figures['read_rows_per_s']:,.0f} rows/s; "
-        f"read+transform: {figures['read_transform_rows_per_s']:,.0f} rows/s"
+        f"skewed entity ingest, {args.skewed_rows:,} rows ({run['hot_key_share']:.1%} on one {HOT_KEY}): "
+        f"{run['rows_per_s']:,.0f} rows/s, peak RSS {run['peak_rss_mib']:,.0f} MiB"
     )
-
-    start = time.perf_counter()
-    result = ingest(schema, [raw], args.work_dir / "out", SplitSpec(), log=lambda m: print("  " + m, flush=True))
-    figures["ingest_rows_per_s"] = args.rows / (time.perf_counter() - start)
-    print(
-        f"ingest through Feast (offline store, point-in-time join, splits): {figures['ingest_rows_per_s']:,.0f} rows/s"
-    )
-
-    online = OnlineFeatures(result.repo, schema, result.transform)
-    times = pq.read_table(result.out_dir / "offline" / "events.parquet", columns=[EVENT_TIMESTAMP])[EVENT_TIMESTAMP]
-    materialized = min(args.materialize_rows, args.rows)  # Feast materialises in Python: slow, so a prefix
-    start = time.perf_counter()
-    online.materialize(times[0].as_py(), times[materialized - 1].as_py() + pd.Timedelta(microseconds=1))
-    figures["materialized_rows"] = materialized
-    figures["materialize_rows_per_s"] = materialized / (time.perf_counter() - start)
-    print(f"materialise {materialized:,} rows to SQLite: {figures['materialize_rows_per_s']:,.0f} rows/s")
-
-    rng = np.random.default_rng(args.seed)
-    for n, repeats in ((1, args.lookups), (512, max(20, args.lookups // 10))):
-        samples = []
-        for _ in range(repeats):
-            keys = rng.integers(0, materialized, n).tolist()
-            t0 = time.perf_counter()
-            online.lookup({EVENT_ID: keys})
-            samples.append(time.perf_counter() - t0)
-        figures[f"online_lookup_{n}"] = percentiles(samples)
-        print(
-            f"online lookup of {n}: p50 {figures[f'online_lookup_{n}']['p50_ms']:.2f} ms, "
-            f"p99 {figures[f'online_lookup_{n}']['p99_ms']:.2f} ms (model-ready arrays)"
-        )
-
-    loader = SplitLoader(result.splits["train"], result.transform, batch_size=512, shuffle=True)
-    start = time.perf_counter()
-    batches = sum(1 for _ in loader)
-    figures["loader_batches_per_s"] = batches / (time.perf_counter() - start)
-    net = NASRecNet(
-        ArchitectureSampler(get_space("demo"), args.seed).sample(),
-        InputSchema(result.transform.num_dense, result.transform.cardinalities),
-    )
-    optimizer = SliceAdagrad(net.parameters(), lr=0.05)
-    step_times = []
-    for i, b in enumerate(loader):
-        t0 = time.perf_counter()
-        network_step(
-            net, Batch(torch.from_numpy(b.dense), torch.from_numpy(b.sparse), torch.from_numpy(b.label)), optimizer
-        )
-        step_times.append(time.perf_counter() - t0)
-        if i == 30:
-            break
-    figures["training_steps_per_s"] = 1 / statistics.median(step_times[1:])
-    figures["loader_over_training_rate"] = figures["loader_batches_per_s"] / figures["training_steps_per_s"]
-    print(
-        f"loader: {figures['loader_batches_per_s']:,.0f} batches/s of 512; demo-space NASRecNet training step: "
-        f"{figures['training_steps_per_s']:.1f} steps/s; loader/training = {figures['loader_over_training_rate']:.0f}x"
-    )
+    figures["online"] = online_stores(out, args.lookups, args.seed)
     write_json(args.json, figures)
+    return figures
+
+
+def synthetic_log(folder: Path, schema_name: str, rows: int, seed: int, hot_fraction: float = 0.0) -> Path:
+    schema = builtin_schema(schema_name)
+    hot = {HOT_KEY: hot_fraction} if hot_fraction else None
+    path = folder / f"{schema_name}_{rows}_seed{seed}{f'_hot{hot_fraction}' if hot else ''}.txt"
+    if not path.exists():
+        print(f"writing {rows:,} synthetic {schema_name} rows to {path} ...", flush=True)
+        partial = path.with_name(path.name + ".partial")
+        write_synthetic_log(schema, partial, rows, seed=seed, hot_keys=hot)
+        partial.rename(path)
+    return path
+
+
+def read_transform(schema, log: Path) -> dict:
+    """The reader alone, and reader + transform, in this process (no Feast): the ingest's ceiling."""
+    reader = RawReader(schema, [log])
+    start = time.perf_counter()
+    chunks = [chunk for i, chunk in enumerate(reader.chunks()) if i < 10]  # fit on the first blocks
+    rows = reader.stats.rows
+    read_s = time.perf_counter() - start
+    transform = FeatureTransform.fit(schema, chunks)
+    start = time.perf_counter()
+    for chunk in reader.chunks():
+        transform.transform(chunk)
+    figures = {
+        "rows": rows,
+        "read_rows_per_s": rows / read_s,
+        "read_transform_rows_per_s": rows / (time.perf_counter() - start),
+    }
+    print(f"read: {figures['read_rows_per_s']:,.0f} rows/s; read+transform {figures['read_transform_rows_per_s']:,.0f}")
+    return figures
+
+
+def ingest_in_child(schema_name: str, log: Path, out: Path) -> dict:
+    """`ingest` in a fresh process: its rows/s, stage times and peak RSS."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_ingest, (schema_name, log, out))
+
+
+def _ingest(schema_name: str, log: Path, out: Path) -> dict:
+    start = time.perf_counter()
+    result = ingest(builtin_schema(schema_name), [log], out, SplitSpec(), log=lambda m: print("  " + m, flush=True))
+    seconds = time.perf_counter() - start
+    stats = result.stats
+    return {
+        "rows": stats["rows"],
+        "seconds": seconds,
+        "rows_per_s": stats["rows"] / seconds,
+        "read_seconds": stats["read_seconds"],
+        "join_seconds": stats["join_seconds"],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+    }
+
+
+def hot_key_share(events: Path) -> float:
+    keys = pq.read_table(events, columns=[HOT_KEY])[HOT_KEY].value_counts()
+    return max(keys.field("counts").to_pylist()) / sum(keys.field("counts").to_pylist())
+
+
+def online_stores(out: Path, lookups: int, seed: int) -> dict:
+    """Materialise the entity views into SQLite and Redis, then time lookups of 1 and 512 entities on each."""
+    schema = builtin_schema("avazu")
+    transform = FeatureTransform.load(out / "transform.json")
+    events = out / "offline" / "events.parquet"
+    times = pq.read_table(events, columns=[EVENT_TIMESTAMP])[EVENT_TIMESTAMP].to_pandas()
+    start, end = times.min(), times.max() + pd.Timedelta(hours=1)
+    keys = pq.read_table(events, columns=[e.key for e in schema.entities]).to_pandas()
+    figures = {}
+    with local_redis(out.parent / "redis", "bench-only") as redis_url:
+        os.environ["REDIS_CONNECTION_STRING"] = redis_url
+        os.environ["FEAST_REGISTRY_ROOT"] = str(out.parent / "redis" / "registry")
+        (out.parent / "redis" / "registry" / schema.name).mkdir(parents=True, exist_ok=True)
+        apply_repo(out / "feature_repo", PRODUCTION_CONFIG)
+        for store, config in (("sqlite", LOCAL_CONFIG), ("redis", PRODUCTION_CONFIG)):
+            online = OnlineFeatures(out / "feature_repo", schema, transform, config)
+            began = time.perf_counter()
+            written = online.materialize(start, end, entities_only=True)
+            seconds = time.perf_counter() - began
+            figures[store] = {
+                "materialized_log_rows": len(times),
+                "keys_written": written,
+                "materialize_seconds": seconds,
+                "materialize_log_rows_per_s": len(times) / seconds,
+                "materialize_keys_per_s": written / seconds,
+            }
+            print(
+                f"materialise to {store}: {len(times) / seconds:,.0f} log rows/s, {written / seconds:,.0f} keys/s "
+                f"({written:,} keys in {seconds:.1f} s)"
+            )
+            rng = np.random.default_rng(seed)
+            for n, repeats in ((1, lookups), (512, max(20, lookups // 10))):
+                samples = []
+                for _ in range(repeats):
+                    rows = keys.iloc[rng.integers(0, len(keys), n)]
+                    request = {column: rows[column].fillna("").tolist() for column in rows.columns}
+                    began = time.perf_counter()
+                    online.raw_features(request)
+                    samples.append(time.perf_counter() - began)
+                figures[store][f"lookup_{n}"] = timing = percentiles(samples)
+                print(
+                    f"  {store} lookup of {n} entities' features (every entity view): "
+                    f"p50 {timing['p50_ms']:.2f} ms, p99 {timing['p99_ms']:.2f} ms"
+                )
     return figures
 
 

@@ -179,8 +179,11 @@ def write_events(reader: RawReader, path: Path) -> int:
     try:
         for chunk in prefetch(reader.chunks()):  # parse the next block while this one is written
             table = pa.Table.from_pandas(chunk, preserve_index=False)
-            if writer is None:
-                writer = pq.ParquetWriter(path, table.schema)
+            if writer is None:  # microsecond times: what Spark and Feast's stores read (pandas gives nanoseconds)
+                schema = table.schema.set(
+                    table.schema.get_field_index(EVENT_TIMESTAMP), pa.field(EVENT_TIMESTAMP, pa.timestamp("us", "UTC"))
+                )
+                writer = pq.ParquetWriter(path, schema)
             writer.write_table(table.cast(writer.schema))
             rows += len(chunk)
     finally:

