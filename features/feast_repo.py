@@ -2,9 +2,10 @@
 
 One typed event table (the offline source) feeds one event-level feature view keyed by event_id, and one
 feature view per entity (e.g. Avazu's device, site, app) keyed by the entity's column. `feature_store.yaml`
-is the local default (DuckDB offline store, SQLite online store); `feature_store.production.yaml` is the cluster
-setting for the same definitions: the registry on the shared data volume, the Redis online store, and the same
-DuckDB offline store (Feast's Spark store would need a SparkSource, not the FileSource here).
+is the local default (SQLite online store); `feature_store.production.yaml` is the cluster setting for the same
+definitions: the registry on the shared data volume and the Redis online store. Both run on the offline store
+engine the repo was written for: DuckDB on one machine (`features.offline_store`), or Spark for logs beyond one
+(`features.spark_store`); each reads the Parquet event table of the definitions.
 k8s/base/common/feature_store.yaml is its serving part for any project. The definitions find the event table
 relative to themselves, so a repo moved with its data (an artifact, a volume) still reads it.
 """
@@ -19,12 +20,28 @@ import yaml
 from feast import Entity, FeatureService, FeatureStore, FeatureView
 from feast.data_source import DataSource
 
-from features.offline_store import TYPE as OFFLINE_STORE
 from features.online import entity_view
 from features.readers import EVENT_ID, EVENT_TIMESTAMP
 from features.schema import DatasetSchema
 
 DEFINITIONS = "definitions.py"
+# The offline stores a repo can run on: both join as of each event's time, and both read the same definitions.
+OFFLINE_STORES = {
+    "duckdb": {"type": "features.offline_store.AsofDuckDBOfflineStore"},  # one machine
+    "spark": {  # logs beyond one machine; the settings run Spark on this machine's cores (override spark.master)
+        "type": "features.spark_store.AsofSparkOfflineStore",
+        "spark_conf": {
+            "spark.master": "local[*]",
+            "spark.ui.enabled": "false",
+            "spark.sql.session.timeZone": "UTC",
+            "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+            "spark.driver.host": "127.0.0.1",
+            "spark.driver.bindAddress": "127.0.0.1",
+        },
+    },
+}
+# Each offline store's query of the entity rows in a Parquet file
+PARQUET_QUERIES = {"duckdb": "SELECT * FROM read_parquet('{path}')", "spark": "SELECT * FROM parquet.`{path}`"}
 LOCAL_CONFIG = "feature_store.yaml"
 PRODUCTION_CONFIG = "feature_store.production.yaml"
 
@@ -38,19 +55,25 @@ def view_keys(schema: DatasetSchema) -> dict[str, str]:
     return {f"{schema.name}_event_fv": EVENT_ID} | {entity_view(schema, e): e.key for e in schema.entities}
 
 
-def local_config(schema: DatasetSchema) -> dict:
+def offline_engine(name: str) -> dict:
+    if name not in OFFLINE_STORES:
+        raise ValueError(f"offline store engine {name!r}: known engines are {sorted(OFFLINE_STORES)}")
+    return OFFLINE_STORES[name]
+
+
+def local_config(schema: DatasetSchema, engine: str = "duckdb") -> dict:
     """Paths are relative to the repo, so the repo can be moved (ingest builds it aside, then moves it)."""
     return {
         "project": schema.name,
         "registry": "data/registry.db",
         "provider": "local",
-        "offline_store": {"type": OFFLINE_STORE},
+        "offline_store": offline_engine(engine),
         "online_store": {"type": "sqlite", "path": "data/online_store.db"},
         "entity_key_serialization_version": 3,
     }
 
 
-def production_config(project: str) -> dict:
+def production_config(project: str, engine: str = "duckdb") -> dict:
     """Feast fills in ${...} from the environment of the pod that reads it (see k8s/)."""
     return {
         "project": project,
@@ -60,7 +83,7 @@ def production_config(project: str) -> dict:
             "cache_ttl_seconds": 60,
         },
         "provider": "local",
-        "offline_store": {"type": OFFLINE_STORE},
+        "offline_store": offline_engine(engine),
         "online_store": {"type": "redis", "connection_string": "${REDIS_CONNECTION_STRING}"},
         "entity_key_serialization_version": 3,
     }
@@ -137,13 +160,14 @@ def render_definitions(schema: DatasetSchema, source_path: Path) -> str:
     return "\n".join(lines)
 
 
-def write_repo(schema: DatasetSchema, repo: Path, source_path: Path) -> None:
-    """Write feature_store.yaml, the production variant and the generated definitions into `repo`."""
+def write_repo(schema: DatasetSchema, repo: Path, source_path: Path, engine: str = "duckdb") -> None:
+    """Write feature_store.yaml, the production variant and the generated definitions into `repo`; `engine` is
+    the offline store both settings run on (OFFLINE_STORES)."""
     (repo / "data").mkdir(parents=True, exist_ok=True)
-    (repo / LOCAL_CONFIG).write_text(yaml.safe_dump(local_config(schema), sort_keys=False))
+    (repo / LOCAL_CONFIG).write_text(yaml.safe_dump(local_config(schema, engine), sort_keys=False))
     (repo / PRODUCTION_CONFIG).write_text(
         "# Cluster setting: the same definitions, the registry on the data volume, Redis online.\n"
-        + yaml.safe_dump(production_config(schema.name), sort_keys=False)
+        + yaml.safe_dump(production_config(schema.name, engine), sort_keys=False)
     )
     (repo / DEFINITIONS).write_text(render_definitions(schema, Path(os.path.relpath(source_path, repo))))
     (repo / ".feastignore").write_text("data/\n*.yaml\n")

@@ -39,8 +39,17 @@ from feast import FeatureStore
 from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 from feast.utils import _convert_arrow_to_proto
 
-from features.feast_repo import LOCAL_CONFIG, apply_repo, feature_service_name, open_store, view_keys, write_repo
-from features.offline_store import duckdb_connection, latest_rows, sql_literal
+from features.feast_repo import (
+    LOCAL_CONFIG,
+    PARQUET_QUERIES,
+    apply_repo,
+    feature_service_name,
+    offline_engine,
+    open_store,
+    view_keys,
+    write_repo,
+)
+from features.offline_store import duckdb_connection, sql_literal
 from features.online import OnlineReader
 from features.prefetch import prefetch
 from features.readers import EVENT_ID, EVENT_TIMESTAMP, IngestError, RawReader
@@ -111,8 +120,12 @@ def ingest(
     split: SplitSpec = SplitSpec(),
     max_reject_fraction: float = 0.01,
     log=print,
+    engine: str = "duckdb",
 ) -> IngestResult:
+    """`engine` is the offline store that runs the point-in-time join and later materialisations: "duckdb" on this
+    machine, "spark" for logs beyond one (features.feast_repo.OFFLINE_STORES)."""
     split.check()
+    offline_engine(engine)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = out_dir / ".staging"
@@ -126,17 +139,18 @@ def ingest(
         read_seconds = time.perf_counter() - started
         log(f"read {rows:,} rows ({reader.stats.rejected:,} rejected) in {read_seconds:.1f} s")
 
-        write_repo(schema, staging / "feature_repo", events_path)
+        write_repo(schema, staging / "feature_repo", events_path, engine)
         store = apply_repo(staging / "feature_repo")
-        joined = staging / "joined.parquet"
-        historical_features(store, schema, spine_query(schema, events_path, split, rows), joined)
+        entities, joined = staging / "entities.parquet", staging / "joined.parquet"
+        with _duckdb() as con:
+            con.execute(f"COPY ({spine_query(schema, events_path, split, rows)}) TO {sql_literal(entities)}")
+        historical_features(store, schema, PARQUET_QUERIES[engine].format(path=entities), joined)
         join_seconds = time.perf_counter() - started - read_seconds
         split_stats = _split_stats(joined, schema)
         log(f"point-in-time join of {rows:,} rows through Feast in {join_seconds:.1f} s")
 
         transform = FeatureTransform.fit(schema, joined_batches(joined, "train", ordered=False))
         split_paths = write_model_ready(joined, transform, schema, staging)
-        joined.unlink()
         transform.save(staging / "transform.json")
         schema.save(staging / "schema.yaml")
         stats = {
@@ -160,7 +174,7 @@ def ingest(
         _replace(events_path, final_events)
         shutil.rmtree(out_dir / "feature_repo", ignore_errors=True)
         os.replace(staging / "feature_repo", out_dir / "feature_repo")
-        write_repo(schema, out_dir / "feature_repo", final_events)
+        write_repo(schema, out_dir / "feature_repo", final_events, engine)
         apply_repo(out_dir / "feature_repo")
         return IngestResult(out_dir, {n: out_dir / f"{n}.parquet" for n in SPLITS}, transform, stats)
     finally:
@@ -244,17 +258,14 @@ def joined_batches(
     where = f"WHERE {SPLIT_COLUMN} = {sql_literal(split)}" if split else ""
     order = f"ORDER BY {EVENT_ID}" if ordered else ""
     with _duckdb() as con:
-        for batch in con.sql(f"SELECT * FROM read_parquet({sql_literal(joined)}) {where} {order}").to_arrow_reader(
-            batch_rows
-        ):
+        for batch in con.sql(f"SELECT * FROM {_parquet(joined)} {where} {order}").to_arrow_reader(batch_rows):
             yield batch.to_pandas()
 
 
 def _split_stats(joined: Path, schema: DatasetSchema) -> dict[str, dict]:
     with _duckdb() as con:
         found = con.execute(
-            f'SELECT {SPLIT_COLUMN}, count(*), avg("{schema.label}") FROM read_parquet({sql_literal(joined)}) '
-            f"GROUP BY {SPLIT_COLUMN}"
+            f'SELECT {SPLIT_COLUMN}, count(*), avg("{schema.label}") FROM {_parquet(joined)} GROUP BY {SPLIT_COLUMN}'
         ).fetchall()
     stats = {name: {"rows": int(n), "label_rate": float(rate)} for name, n, rate in found}
     for name in SPLITS:
@@ -300,6 +311,11 @@ def _duckdb() -> AbstractContextManager[duckdb.DuckDBPyConnection]:
     return duckdb_connection(INGEST_MEMORY_LIMIT)
 
 
+def _parquet(path: Path) -> str:
+    """A Parquet file, or a folder of them (as Spark writes), for DuckDB."""
+    return f"read_parquet({sql_literal(path / '*.parquet' if path.is_dir() else path)})"
+
+
 def _folds_table(folds: Path) -> str:
     return f"read_csv({sql_literal(folds)}, header = true, columns = {{'row': 'BIGINT', 'fold': 'BIGINT'}})"
 
@@ -321,7 +337,6 @@ class OnlineFeatures:
         views = {key: (view, features[view]) for view, key in view_keys(schema).items()}
         self.reader = OnlineReader(store, schema, views)
         self.store = store
-        self.repo = Path(repo)
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -333,18 +348,24 @@ class OnlineFeatures:
 
         `entities_only` skips the event-level view: a live request carries its own event fields.
 
-        The latest row per key comes from one DuckDB pass over the offline source (`latest_rows`) and is written
-        `batch_rows` keys at a time, so memory follows the batch, and a key with many rows is written once. (Feast's
+        The latest row per key comes from one pass of the offline store over the source (ours: DuckDB here, Spark on
+        a cluster) and is written `batch_rows` keys at a time, so a key with many rows is written once. (Feast's
         own `materialize` reads every row of the range into pandas and drops duplicates there: about 2,400 keys/s
         and all rows in memory on a 1M-row log.) The materialised range is recorded in the registry, as Feast does.
         """
         written = 0
+        offline_store = self.reader.provider.offline_store
         for view_name, key in view_keys(self.schema).items():
             if entities_only and key == EVENT_ID:
                 continue
             view = self.store.get_feature_view(view_name)
             join_keys = {c.name: c.dtype.to_value_type() for c in view.entity_columns}
-            for batch in latest_rows(view, self.repo, start, end, batch_rows=batch_rows):
+            source = view.batch_source
+            latest = offline_store.pull_latest_from_table_or_query(
+                self.store.config, source, list(join_keys), [f.name for f in view.features],
+                source.timestamp_field, source.created_timestamp_column or None, start, end,
+            )  # fmt: skip
+            for batch in latest.record_batches(batch_rows):
                 rows = _convert_arrow_to_proto(batch, view, join_keys)
                 self.reader.provider.online_write_batch(self.store.config, view, rows, progress=None)
                 written += batch.num_rows

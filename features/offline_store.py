@@ -8,7 +8,9 @@ DuckDB spills its sorts to disk under `memory_limit`, so the join's memory stays
 Semantics are Feast's: each entity row gets, per feature view, the latest feature row of its join keys at or
 before its event timestamp (within the view's ttl, when it has one); ties in time go to the row written last (the
 greatest created timestamp, then the last in the file). The entity rows come as a DataFrame or as a DuckDB query,
-and every entity column is passed through. Everything else (materialisation, writes) is Feast's DuckDB store.
+and every entity column is passed through. A materialisation's read (`pull_latest_from_table_or_query`) is one
+DuckDB pass too, and its result streams in batches (`DuckDBRetrievalJob.record_batches`); the rest is Feast's DuckDB
+store.
 
 In feature_store.yaml:
 
@@ -29,6 +31,7 @@ from typing import Literal
 import duckdb
 import pandas as pd
 import pyarrow as pa
+from feast.data_source import DataSource
 from feast.feature_view import FeatureView
 from feast.infra.offline_stores.duckdb import DuckDBOfflineStore, DuckDBOfflineStoreConfig
 from feast.infra.offline_stores.file_source import FileSource, SavedDatasetFileStorage
@@ -40,6 +43,7 @@ from feast.saved_dataset import SavedDatasetStorage
 
 TYPE = "features.offline_store.AsofDuckDBOfflineStore"
 ENTITY_TIMESTAMP = "event_timestamp"  # Feast's default name for the entity rows' time
+ENTITY_ROWS = "__ENTITY_ROWS__"  # where a query's entity rows go
 
 
 class OfflineStoreError(ValueError):
@@ -67,67 +71,55 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
     ) -> RetrievalJob:
         if filter_by_created_timestamp:
             raise OfflineStoreError("filter_by_created_timestamp is not supported by the ASOF DuckDB offline store")
-        job = AsofRetrievalJob(config.offline_store, entity_df, full_feature_names, feature_refs)
-        job.build_query(feature_views, feature_refs, Path(str(config.repo_path or ".")))
-        return job
+        entity_columns = DuckDBRetrievalJob(config.offline_store, "", entity_df).describe_entity_rows()
+        query = asof_query(entity_columns, feature_views, feature_refs, full_feature_names, _repo_path(config))
+        metadata = RetrievalMetadata(features=feature_refs, keys=[c for c in entity_columns if c != ENTITY_TIMESTAMP])
+        return DuckDBRetrievalJob(config.offline_store, query, entity_df, full_feature_names, metadata)
+
+    @staticmethod
+    def pull_latest_from_table_or_query(
+        config: RepoConfig,
+        data_source: DataSource,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None,
+        start_date: datetime,
+        end_date: datetime,
+    ) -> RetrievalJob:
+        """Each key's latest row in [start_date, end_date): what a materialisation writes, found in one DuckDB pass,
+        so a key is written once however many rows it has."""
+        time = _source_time(data_source)
+        window = (
+            f"{time} >= {sql_literal(_utc(start_date))}::TIMESTAMPTZ AND "
+            f"{time} < {sql_literal(_utc(end_date))}::TIMESTAMPTZ"
+        )
+        rows = _source_rows(
+            data_source, join_key_columns, feature_name_columns, _repo_path(config), per_time=False, where=window
+        )
+        query = f"SELECT * EXCLUDE (__feature_ts), __feature_ts AS {_quote(timestamp_field)} FROM ({rows})"
+        return DuckDBRetrievalJob(config.offline_store, query)
 
 
-class AsofRetrievalJob(RetrievalJob):
-    """One DuckDB query: the entity rows, ASOF-joined to each feature view's source in turn."""
+class DuckDBRetrievalJob(RetrievalJob):
+    """One DuckDB query, over the entity rows when it has them, on a connection of its own."""
 
     def __init__(
         self,
         store_config: AsofDuckDBOfflineStoreConfig,
-        entity_df: pd.DataFrame | str,
-        full_feature_names: bool,
-        feature_refs: list[str],
+        query: str,
+        entity_df: pd.DataFrame | str | None = None,
+        full_feature_names: bool = False,
+        metadata: RetrievalMetadata | None = None,
     ):
         self._config = store_config
         self._entity_df = entity_df
         self._full_feature_names = full_feature_names
-        self._feature_refs = feature_refs
-        self._entity_columns: list[str] = []
-        self._query = ""
+        self._metadata = metadata
+        entity_rows = "SELECT * FROM __entity_df" if isinstance(entity_df, pd.DataFrame) else entity_df
+        self._query = query.replace(ENTITY_ROWS, f"({entity_rows})") if entity_rows else query
 
-    # --- the query ----------------------------------------------------------------------------------------
-
-    def build_query(self, feature_views: list[FeatureView], feature_refs: list[str], repo_path: Path) -> None:
-        self._entity_columns = entity_columns = self._describe_entity_rows()
-        if ENTITY_TIMESTAMP not in entity_columns:
-            raise OfflineStoreError(f"entity rows need an {ENTITY_TIMESTAMP!r} column; got {sorted(entity_columns)}")
-        joins, selected, names = [], [], []
-        for i, view in enumerate(feature_views):
-            features = [ref.split(":", 1)[1] for ref in feature_refs if ref.split(":", 1)[0] == _view_name(view)]
-            keys = _view_keys(view)
-            missing = [k for k in keys.values() if k not in entity_columns]
-            if missing:
-                raise OfflineStoreError(f"feature view {view.name!r}: the entity rows lack join keys {missing}")
-            alias = f"fv{i}"
-            joins.append(_asof_join(alias, view, features, keys, repo_path))
-            prefix = f"{_view_name(view)}__" if self._full_feature_names else ""
-            ttl = view.ttl if view.ttl and view.ttl > timedelta(0) else None
-            for feature in features:
-                column = f"{alias}.{_quote(feature)}"
-                if ttl is not None:
-                    column = (
-                        f"CASE WHEN entity.__entity_ts - {alias}.__feature_ts <= INTERVAL "
-                        f"{int(ttl.total_seconds() * 1e6)} MICROSECONDS THEN {column} END"
-                    )
-                selected.append(f"{column} AS {_quote(prefix + feature)}")
-                names.append(prefix + feature)
-        clash = set(entity_columns) & set(names)
-        if clash:
-            raise OfflineStoreError(f"entity rows hold columns named like features: {sorted(clash)}")
-        self._query = (
-            f"SELECT {', '.join(['entity.' + _quote(c) for c in entity_columns] + selected)}\n"
-            f"FROM (SELECT *, CAST({_quote(ENTITY_TIMESTAMP)} AS TIMESTAMPTZ) AS __entity_ts "
-            f"FROM ({self._entity_sql()})) AS entity\n" + "\n".join(joins)
-        )
-
-    def _entity_sql(self) -> str:
-        return "SELECT * FROM __entity_df" if isinstance(self._entity_df, pd.DataFrame) else self._entity_df
-
-    def _describe_entity_rows(self) -> list[str]:
+    def describe_entity_rows(self) -> list[str]:
         if isinstance(self._entity_df, pd.DataFrame):
             return [str(c) for c in self._entity_df.columns]
         with self._connect() as con:
@@ -143,6 +135,11 @@ class AsofRetrievalJob(RetrievalJob):
             if isinstance(self._entity_df, pd.DataFrame):
                 con.register("__entity_df", self._entity_df)
             yield con
+
+    def record_batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """The result `batch_rows` rows at a time, streamed from DuckDB."""
+        with self._connect() as con:
+            yield from con.sql(self._query).to_arrow_reader(batch_rows)
 
     # --- Feast's RetrievalJob ------------------------------------------------------------------------------
 
@@ -176,8 +173,47 @@ class AsofRetrievalJob(RetrievalJob):
 
     @property
     def metadata(self) -> RetrievalMetadata | None:
-        keys = [c for c in self._entity_columns if c != ENTITY_TIMESTAMP]
-        return RetrievalMetadata(features=self._feature_refs, keys=keys)
+        return self._metadata
+
+
+def asof_query(
+    entity_columns: list[str],
+    feature_views: list[FeatureView],
+    feature_refs: list[str],
+    full_feature_names: bool,
+    repo_path: Path,
+) -> str:
+    """The entity rows (ENTITY_ROWS in the query), ASOF-joined to each feature view's source in turn."""
+    if ENTITY_TIMESTAMP not in entity_columns:
+        raise OfflineStoreError(f"entity rows need an {ENTITY_TIMESTAMP!r} column; got {sorted(entity_columns)}")
+    joins, selected, names = [], [], []
+    for i, view in enumerate(feature_views):
+        features = [ref.split(":", 1)[1] for ref in feature_refs if ref.split(":", 1)[0] == _view_name(view)]
+        keys = _view_keys(view)
+        missing = [k for k in keys.values() if k not in entity_columns]
+        if missing:
+            raise OfflineStoreError(f"feature view {view.name!r}: the entity rows lack join keys {missing}")
+        alias = f"fv{i}"
+        joins.append(_asof_join(alias, view, features, keys, repo_path))
+        prefix = f"{_view_name(view)}__" if full_feature_names else ""
+        ttl = view.ttl if view.ttl and view.ttl > timedelta(0) else None
+        for feature in features:
+            column = f"{alias}.{_quote(feature)}"
+            if ttl is not None:
+                column = (
+                    f"CASE WHEN entity.__entity_ts - {alias}.__feature_ts <= INTERVAL "
+                    f"{int(ttl.total_seconds() * 1e6)} MICROSECONDS THEN {column} END"
+                )
+            selected.append(f"{column} AS {_quote(prefix + feature)}")
+            names.append(prefix + feature)
+    clash = set(entity_columns) & set(names)
+    if clash:
+        raise OfflineStoreError(f"entity rows hold columns named like features: {sorted(clash)}")
+    return (
+        f"SELECT {', '.join(['entity.' + _quote(c) for c in entity_columns] + selected)}\n"
+        f"FROM (SELECT *, CAST({_quote(ENTITY_TIMESTAMP)} AS TIMESTAMPTZ) AS __entity_ts "
+        f"FROM {ENTITY_ROWS}) AS entity\n" + "\n".join(joins)
+    )
 
 
 @contextmanager
@@ -190,48 +226,27 @@ def duckdb_connection(
         if threads:
             settings["threads"] = int(threads)
         with duckdb.connect(config=settings) as con:
+            con.execute("SET enable_progress_bar = false")
             yield con
-
-
-def latest_rows(
-    view: FeatureView,
-    repo_path: Path,
-    start: datetime,
-    end: datetime,
-    memory_limit: str = "1GB",
-    batch_rows: int = 10_000,
-) -> Iterator[pa.RecordBatch]:
-    """Each join key's latest row of `view`'s source in [start, end): keys, features and the source's timestamp
-    (and created timestamp), `batch_rows` keys at a time. This is what a materialisation writes, found in one
-    DuckDB pass, so a key is written once however many rows it has."""
-    source = view.batch_source
-    features = [f.name for f in view.features]
-    window = (
-        f"{_source_time(source)} >= {sql_literal(_utc(start))}::TIMESTAMPTZ AND "
-        f"{_source_time(source)} < {sql_literal(_utc(end))}::TIMESTAMPTZ"
-    )
-    rows = _source_rows(view, list(_view_keys(view)), features, repo_path, per_time=False, where=window)
-    with duckdb_connection(memory_limit) as con:
-        query = f"SELECT * EXCLUDE (__feature_ts), __feature_ts AS {_quote(source.timestamp_field)} FROM ({rows})"
-        yield from con.sql(query).to_arrow_reader(batch_rows)
 
 
 def _asof_join(alias: str, view: FeatureView, features: list[str], keys: dict[str, str], repo_path: Path) -> str:
     """`ASOF LEFT JOIN` of one view's source: its rows deduplicated to one per (keys, time), the last written."""
-    rows = _source_rows(view, list(keys), features, repo_path, per_time=True)
+    if not isinstance(view.batch_source, FileSource):
+        raise OfflineStoreError(f"feature view {view.name!r}: only file sources are supported, not {view.batch_source}")
+    rows = _source_rows(view.batch_source, list(keys), features, repo_path, per_time=True)
     on = [f"entity.{_quote(keys[k])} = {alias}.{_quote(k)}" for k in keys]
     on.append(f"entity.__entity_ts >= {alias}.__feature_ts")
     return f"ASOF LEFT JOIN ({rows}) AS {alias} ON {' AND '.join(on)}"
 
 
 def _source_rows(
-    view: FeatureView, keys: list[str], features: list[str], repo_path: Path, per_time: bool, where: str = ""
+    source: DataSource, keys: list[str], features: list[str], repo_path: Path, per_time: bool, where: str = ""
 ) -> str:
-    """A query over `view`'s source file: its join keys and `features` under the view's names, and its time as
+    """A query over a Parquet source: its join keys and `features` under the view's names, and its time as
     `__feature_ts`; one row per key and time (`per_time`), or per key, the one written last."""
-    source = view.batch_source
     if not isinstance(source, FileSource):
-        raise OfflineStoreError(f"feature view {view.name!r}: only file sources are supported, not {type(source)}")
+        raise OfflineStoreError(f"source {source.name!r}: only Parquet file sources are supported, not {source}")
     path = Path(source.path) if Path(source.path).is_absolute() else repo_path / source.path
     renamed = {v: k for k, v in source.field_mapping.items()}  # the view's name -> the source's column
     columns = [f"{_quote(renamed.get(c, c))} AS {_quote(c)}" for c in [*keys, *features]]
@@ -249,7 +264,7 @@ def _source_rows(
     )
 
 
-def _source_time(source: FileSource) -> str:
+def _source_time(source: DataSource) -> str:
     return f"CAST({_quote(source.timestamp_field)} AS TIMESTAMPTZ)"
 
 
@@ -261,6 +276,10 @@ def _view_keys(view: FeatureView) -> dict[str, str]:
 def _utc(moment: datetime) -> str:
     stamp = pd.Timestamp(moment)
     return (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")).isoformat()
+
+
+def _repo_path(config: RepoConfig) -> Path:
+    return Path(str(config.repo_path or "."))
 
 
 def _view_name(view: FeatureView) -> str:

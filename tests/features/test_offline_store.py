@@ -3,7 +3,7 @@ materialisation writes are each key's latest."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from feast import Entity, FeatureStore, FeatureView, Field, FileSource, RepoConf
 from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 from feast.types import String
 
-from features.offline_store import TYPE, OfflineStoreError, latest_rows
+from features.offline_store import TYPE, OfflineStoreError
 
 START = pd.Timestamp("2026-01-01", tz="UTC")
 
@@ -72,6 +72,16 @@ def entity_rows(rows: int = 300, seed: int = 1) -> pd.DataFrame:
 
 
 FEATURES = ["user_fv:colour", "user_fv:size", "recent_fv:colour"]
+
+
+def latest_rows(store: FeatureStore, start: datetime, end: datetime, batch_rows: int = 10_000) -> list[pa.RecordBatch]:
+    """What a materialisation of user_fv in [start, end) reads: each user's latest row, through the store's
+    interface, in batches."""
+    source = store.get_feature_view("user_fv").batch_source
+    job = store._get_provider().offline_store.pull_latest_from_table_or_query(
+        store.config, source, ["user"], ["colour", "size"], "event_timestamp", None, start, end
+    )
+    return list(job.record_batches(batch_rows))
 
 
 def retrieve(store: FeatureStore, entities: pd.DataFrame | str) -> pd.DataFrame:
@@ -150,16 +160,14 @@ def test_rows_at_the_same_time_resolve_to_the_one_written_last(tmp_path: Path) -
     entities = pd.DataFrame({"request_id": [0, 1], "event_timestamp": [START, START + timedelta(hours=2)]})
     got = retrieve(store, entities.assign(user="u0"))
     assert got["user_fv__colour"].tolist() == ["second", "fourth"]
-    view = store.get_feature_view("user_fv")
-    latest = [b.to_pydict() for b in latest_rows(view, tmp_path, START, START + timedelta(minutes=30))]
+    latest = [b.to_pydict() for b in latest_rows(store, START, START + timedelta(minutes=30))]
     assert [row["colour"] for row in latest] == [["second"]]
 
 
-def test_latest_rows_are_each_keys_last_row_in_the_window(stores, tmp_path: Path) -> None:
+def test_latest_rows_are_each_keys_last_row_in_the_window(stores) -> None:
     log, ours, _ = stores
     start, end = START + timedelta(hours=3), START + timedelta(hours=20)
-    view = ours.get_feature_view("user_fv")
-    batches = list(latest_rows(view, tmp_path, start, end, batch_rows=2))
+    batches = latest_rows(ours, start, end, batch_rows=2)
     got = pd.concat(b.to_pandas() for b in batches).set_index("user").sort_index()
     window = log[(log.event_timestamp >= start) & (log.event_timestamp < end)].dropna(subset=["user"])
     expected = window.groupby("user").tail(1).set_index("user").sort_index()
