@@ -40,7 +40,7 @@ def ingested(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def ingest_shared(tmp_path_factory: pytest.TempPathFactory):
     """`ingest_shared(name)` -> (raw file, IngestResult): a shared sample ingested through Feast with fold 0 of
-    the fixed protocol, once per session (Avazu's entity views make it take about a minute). `criteo_dense`: Criteo
+    the fixed protocol, once per session. `criteo_dense`: Criteo
     under `criteo_dense_schema`."""
     from features.ingest import SplitSpec, ingest
     from features.schema import builtin_schema
