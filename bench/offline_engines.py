@@ -62,14 +62,20 @@ def main(argv: list[str] | None = None) -> dict:
         seconds = time.perf_counter() - began
         frame = frame.sort_values(EVENT_ID).set_index(EVENT_ID)[[f.split(":")[1] for f in features]]
         reference = frame if reference is None else reference
-        differ = int((frame.fillna("") != reference.fillna("")).any(axis=1).sum())
+        missing = len(reference.index.difference(frame.index))  # entity rows a store dropped count as differing
+        same_rows = frame.reindex(reference.index).fillna("")
+        differ = int((same_rows != reference.fillna("")).any(axis=1).sum())
         figures["stores"][name] = {
             "start_seconds": started,
             "join_seconds": seconds,
             "rows_per_s": rows / seconds,
             "rows_differing_from_first": differ,
+            "rows_missing": missing,
         }
-        print(f"{name}: join {seconds:.1f} s ({rows / seconds:,.0f} rows/s), start {started:.1f} s; {differ} differ")
+        print(
+            f"{name}: join {seconds:.1f} s ({rows / seconds:,.0f} rows/s), start {started:.1f} s; "
+            f"{differ} rows differ, {missing} missing"
+        )
     write_json(args.json, figures)
     return figures
 

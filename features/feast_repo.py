@@ -33,6 +33,7 @@ OFFLINE_STORES = {
         "spark_conf": {
             "spark.master": "local[*]",
             "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
             "spark.sql.session.timeZone": "UTC",
             "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
             "spark.driver.host": "127.0.0.1",
