@@ -91,8 +91,8 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
         so a key is written once however many rows it has."""
         time = _source_time(data_source)
         window = (
-            f"{time} >= {sql_literal(_utc(start_date))}::TIMESTAMPTZ AND "
-            f"{time} < {sql_literal(_utc(end_date))}::TIMESTAMPTZ"
+            f"{time} >= {sql_literal(as_utc(start_date).isoformat())}::TIMESTAMPTZ AND "
+            f"{time} < {sql_literal(as_utc(end_date).isoformat())}::TIMESTAMPTZ"
         )
         rows = _source_rows(
             data_source, join_key_columns, feature_name_columns, _repo_path(config), per_time=False, where=window
@@ -232,8 +232,6 @@ def duckdb_connection(
 
 def _asof_join(alias: str, view: FeatureView, features: list[str], keys: dict[str, str], repo_path: Path) -> str:
     """`ASOF LEFT JOIN` of one view's source: its rows deduplicated to one per (keys, time), the last written."""
-    if not isinstance(view.batch_source, FileSource):
-        raise OfflineStoreError(f"feature view {view.name!r}: only file sources are supported, not {view.batch_source}")
     rows = _source_rows(view.batch_source, list(keys), features, repo_path, per_time=True)
     on = [f"entity.{_quote(keys[k])} = {alias}.{_quote(k)}" for k in keys]
     on.append(f"entity.__entity_ts >= {alias}.__feature_ts")
@@ -273,9 +271,10 @@ def _view_keys(view: FeatureView) -> dict[str, str]:
     return view.projection.join_key_map or {c.name: c.name for c in view.entity_columns}
 
 
-def _utc(moment: datetime) -> str:
+def as_utc(moment: datetime) -> pd.Timestamp:
+    """A moment in UTC; a naive one is taken to be UTC already (as Feast takes it)."""
     stamp = pd.Timestamp(moment)
-    return (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")).isoformat()
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 def _repo_path(config: RepoConfig) -> Path:

@@ -43,17 +43,9 @@ from feast.saved_dataset import SavedDatasetStorage
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from features.offline_store import ENTITY_TIMESTAMP, OfflineStoreError
+from features.offline_store import ENTITY_TIMESTAMP, OfflineStoreError, as_utc
 
 TYPE = "features.spark_store.AsofSparkOfflineStore"
-LOCAL_SPARK_CONF = {  # one machine: every core, no UI, UTC, and Parquet times that other readers read
-    "spark.master": "local[*]",
-    "spark.ui.enabled": "false",
-    "spark.sql.session.timeZone": "UTC",
-    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
-    "spark.driver.host": "127.0.0.1",
-    "spark.driver.bindAddress": "127.0.0.1",
-}
 
 
 class AsofSparkOfflineStoreConfig(SparkOfflineStoreConfig):
@@ -116,8 +108,7 @@ class AsofSparkOfflineStore(SparkOfflineStore):
         rows = _source(spark, data_source, Path(str(config.repo_path or ".")))
         time = F.col(timestamp_field).cast("timestamp")
         rows = rows.where(
-            (time >= F.lit(pd.Timestamp(start_date).tz_convert("UTC").to_pydatetime()))
-            & (time < F.lit(pd.Timestamp(end_date).tz_convert("UTC").to_pydatetime()))
+            (time >= F.lit(as_utc(start_date).to_pydatetime())) & (time < F.lit(as_utc(end_date).to_pydatetime()))
         )
         for key in join_key_columns:
             rows = rows.where(F.col(key).isNotNull())
