@@ -12,8 +12,10 @@ relative to themselves, so a repo moved with its data (an artifact, a volume) st
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import runpy
+import shutil
 from pathlib import Path
 
 import yaml
@@ -57,8 +59,13 @@ def view_keys(schema: DatasetSchema) -> dict[str, str]:
 
 
 def offline_engine(name: str) -> dict:
+    """The offline store block of engine `name`; fails, naming what to install, when the engine cannot run here."""
     if name not in OFFLINE_STORES:
         raise ValueError(f"offline store engine {name!r}: known engines are {sorted(OFFLINE_STORES)}")
+    if name == "spark" and importlib.util.find_spec("pyspark") is None:
+        raise ValueError("offline store engine 'spark' needs pyspark: pip install 'nasrec-pipeline[spark]'")
+    if name == "spark" and shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise ValueError("offline store engine 'spark' needs a JDK (java on PATH or JAVA_HOME; Debian: default-jdk)")
     return OFFLINE_STORES[name]
 
 

@@ -3,6 +3,7 @@ and a failed ingestion leaves no partial output (and keeps what an earlier run w
 
 import csv
 import gzip
+import importlib.util
 from pathlib import Path
 
 import pandas as pd
@@ -154,3 +155,17 @@ def test_an_empty_line_is_rejected_as_such(tmp_path):
     frame, rejects, _ = read_all(path, tmp_path, limit=0.9)
     assert frame.event_id.tolist() == [0, 2]
     assert [(r["line"], r["reason"]) for r in rejects] == [("2", "empty line")]
+
+
+def test_an_offline_store_engine_that_cannot_run_fails_before_anything_is_read(tmp_path, monkeypatch):
+    good = write_criteo(tmp_path / "good.txt", [criteo_line(i, label=str(i % 2)) for i in range(100)])
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"offline store engine 'tpu': known engines are \['duckdb', 'spark'\]"):
+        ingest(CRITEO, [good], out, SplitSpec(), engine="tpu")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "pyspark" else find_spec(name, *a)
+    )
+    with pytest.raises(ValueError, match=r"engine 'spark' needs pyspark: pip install 'nasrec-pipeline\[spark\]'"):
+        ingest(CRITEO, [good], out, SplitSpec(), engine="spark")
+    assert not out.exists()
