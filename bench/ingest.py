@@ -6,7 +6,9 @@
   the rows (the case a pairwise point-in-time join makes quadratic);
 - materialisation of that ingest's entity views into SQLite and into Redis (a local redis-server): log rows/s and
   keys written/s;
-- online lookups of 1 and 512 entities' features (every entity view, as a served request reads them) on both stores.
+- online lookups of 1 and 512 entities' features per entity view, and of every view at once (what a served request
+  of 512 rows reads), on both stores;
+- the reader alone and reader + transform, in process, on the first Criteo log: the ingest's ceiling.
 
     python -m bench.ingest [--rows 1000000 10000000] [--skewed-rows 1000000] [--json PATH]
 
