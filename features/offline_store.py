@@ -89,15 +89,9 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
     ) -> RetrievalJob:
         """Each key's latest row in [start_date, end_date): what a materialisation writes, found in one DuckDB pass,
         so a key is written once however many rows it has."""
-        time = _source_time(data_source)
-        window = (
-            f"{time} >= {sql_literal(as_utc(start_date).isoformat())}::TIMESTAMPTZ AND "
-            f"{time} < {sql_literal(as_utc(end_date).isoformat())}::TIMESTAMPTZ"
+        query = latest_rows_query(
+            data_source, join_key_columns, feature_name_columns, _repo_path(config), start_date, end_date
         )
-        rows = _source_rows(
-            data_source, join_key_columns, feature_name_columns, _repo_path(config), per_time=False, where=window
-        )
-        query = f"SELECT * EXCLUDE (__feature_ts), __feature_ts AS {_quote(timestamp_field)} FROM ({rows})"
         return DuckDBRetrievalJob(config.offline_store, query)
 
 
@@ -228,6 +222,23 @@ def duckdb_connection(
         with duckdb.connect(config=settings) as con:
             con.execute("SET enable_progress_bar = false")
             yield con
+
+
+def latest_rows_query(
+    source: DataSource,
+    keys: list[str],
+    features: list[str],
+    repo_path: Path,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> str:
+    """A DuckDB query of each key's latest row in [start, end) (all time when not given) of a Parquet source: its
+    keys, `features` and its timestamp column."""
+    time = _source_time(source)
+    window = [f"{time} >= {sql_literal(as_utc(start).isoformat())}::TIMESTAMPTZ"] if start is not None else []
+    window += [f"{time} < {sql_literal(as_utc(end).isoformat())}::TIMESTAMPTZ"] if end is not None else []
+    rows = _source_rows(source, keys, features, repo_path, per_time=False, where=" AND ".join(window))
+    return f"SELECT * EXCLUDE (__feature_ts), __feature_ts AS {_quote(source.timestamp_field)} FROM ({rows})"
 
 
 def _asof_join(alias: str, view: FeatureView, features: list[str], keys: dict[str, str], repo_path: Path) -> str:

@@ -21,20 +21,22 @@ import os
 import shutil
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pandas as pd
-import pyarrow.parquet as pq
+import pyarrow as pa
 import yaml
+from feast.infra.offline_stores.file_source import FileSource
 
 from features.feast_repo import DEFINITIONS, LOCAL_CONFIG, PRODUCTION_CONFIG, apply_repo, production_config, write_repo
+from features.offline_store import duckdb_connection, latest_rows_query
 from features.online import entity_view
 from features.readers import EVENT_TIMESTAMP
 from features.schema import DatasetSchema
 
 REGISTRY = "registry.db"
 STAGED_CONFIG = "feature_store.publishing.yaml"  # the production setting with the registry written aside
+PUBLISH_MEMORY_LIMIT = "1GB"  # DuckDB's, for the latest row of each key
 
 
 class PublishError(RuntimeError):
@@ -70,15 +72,17 @@ def publish_repo(schema: DatasetSchema, events: Path, root: Path) -> Path:
     return folder
 
 
-def latest_entity_rows(schema: DatasetSchema, events: Path) -> dict[str, pd.DataFrame]:
-    """Per entity view, the latest row of each entity key: what a materialisation over all events writes."""
-    latest = {}
+def latest_entity_rows(
+    schema: DatasetSchema, events: Path, batch_rows: int = 10_000
+) -> Iterator[tuple[str, pa.RecordBatch]]:
+    """(entity view, a batch of its keys' latest rows): what a materialisation over all events writes, streamed
+    from one DuckDB pass per entity (`features.offline_store`), so memory follows the batch."""
+    source = FileSource(name="events", path=str(Path(events).resolve()), timestamp_field=EVENT_TIMESTAMP)
     for entity in schema.entities:
-        columns = [entity.key, *entity.features, EVENT_TIMESTAMP]
-        frame = pq.read_table(events, columns=columns).to_pandas()
-        frame = frame.dropna(subset=[entity.key]).sort_values(EVENT_TIMESTAMP, kind="stable")
-        latest[entity_view(schema, entity)] = frame.drop_duplicates(entity.key, keep="last").reset_index(drop=True)
-    return latest
+        query = latest_rows_query(source, [entity.key], list(entity.features), Path(events).parent)
+        with duckdb_connection(PUBLISH_MEMORY_LIMIT) as con:
+            for batch in con.sql(query).to_arrow_reader(batch_rows):
+                yield entity_view(schema, entity), batch
 
 
 def write_online(
@@ -86,18 +90,17 @@ def write_online(
 ) -> int:
     """Write every entity's latest features into the online store through the feature server at `feature_server`
     (http://host:port); returns the rows written."""
-    written = 0
-    for view, frame in latest_entity_rows(schema, events).items():
-        for start in range(0, len(frame), batch_rows):
-            batch = frame.iloc[start : start + batch_rows]
-            columns = {c: batch[c].tolist() for c in batch.columns if c != EVENT_TIMESTAMP}
-            columns[EVENT_TIMESTAMP] = batch[EVENT_TIMESTAMP].astype(str).tolist()
-            # the first batch of a view reads the registry afresh: this step has just replaced it
-            body = {"feature_view_name": view, "df": columns, "allow_registry_cache": start > 0}
-            _post(feature_server, "/write-to-online-store", body, f"{view} rows {start:,}+{len(batch):,}")
-            written += len(batch)
-        log(f"wrote the latest features of {len(frame):,} {view} keys through {feature_server}")
-    return written
+    written: dict[str, int] = {}
+    for view, batch in latest_entity_rows(schema, events, batch_rows):
+        columns = {c: batch.column(c).to_pylist() for c in batch.schema.names if c != EVENT_TIMESTAMP}
+        columns[EVENT_TIMESTAMP] = batch.column(EVENT_TIMESTAMP).to_pandas().astype(str).tolist()
+        # the first batch of a view reads the registry afresh: this step has just replaced it
+        body = {"feature_view_name": view, "df": columns, "allow_registry_cache": view in written}
+        _post(feature_server, "/write-to-online-store", body, f"{view} rows {written.get(view, 0):,}+{len(batch):,}")
+        written[view] = written.get(view, 0) + len(batch)
+    for view, rows in written.items():
+        log(f"wrote the latest features of {rows:,} {view} keys through {feature_server}")
+    return sum(written.values())
 
 
 def _post(server: str, path: str, body: dict, what: str, timeout: float = 300.0) -> None:
