@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from bench.common import add_json_argument, write_json
-from features.feast_repo import LOCAL_CONFIG, OFFLINE_STORES, apply_repo, open_store, view_keys, write_repo
+from features.feast_repo import LOCAL_CONFIG, OFFLINE_STORES, apply_repo, view_keys, write_repo
 from features.ingest import write_events
 from features.readers import EVENT_ID, EVENT_TIMESTAMP, RawReader
 from features.schema import DatasetSchema, load_schema
@@ -101,7 +101,7 @@ def open_engine(name: str, schema: DatasetSchema, events: Path, repo: Path):
     began = time.perf_counter()
     store = apply_repo(repo)
     _warm_up(name, store)
-    return open_store(repo), time.perf_counter() - began
+    return store, time.perf_counter() - began
 
 
 def _warm_up(name: str, store) -> None:

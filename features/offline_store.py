@@ -1,9 +1,10 @@
 """Feast's DuckDB offline store, with point-in-time joins as DuckDB ASOF JOINs.
 
 Feast's own DuckDB store (through ibis) pairs each entity row with every earlier feature row of its key and then
-keeps the latest: its cost grows with the square of the rows per key (61 rows/s on the Avazu sample, where one
-device holds 87% of the rows). An ASOF JOIN sorts both sides by key and time once and walks them together, and
-DuckDB spills its sorts to disk under `memory_limit`, so the join's memory stays bounded as the log grows.
+keeps the latest: its cost grows with the square of the rows per key (265 rows/s for the join on the Avazu sample,
+where one device holds 87% of the rows; `bench.offline_engines`). An ASOF JOIN sorts both sides by key and time
+once and walks them together, and DuckDB spills its sorts to disk under `memory_limit`, so the join's memory stays
+bounded as the log grows.
 
 Semantics are Feast's: each entity row gets, per feature view, the latest feature row of its join keys at or
 before its event timestamp (within the view's ttl, when it has one); ties in time go to the row written last (the
@@ -72,7 +73,7 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
         if filter_by_created_timestamp:
             raise OfflineStoreError("filter_by_created_timestamp is not supported by the ASOF DuckDB offline store")
         entity_columns = DuckDBRetrievalJob(config.offline_store, "", entity_df).describe_entity_rows()
-        query = asof_query(entity_columns, feature_views, feature_refs, full_feature_names, _repo_path(config))
+        query = asof_query(entity_columns, feature_views, feature_refs, full_feature_names, repo_path_of(config))
         metadata = RetrievalMetadata(features=feature_refs, keys=[c for c in entity_columns if c != ENTITY_TIMESTAMP])
         return DuckDBRetrievalJob(config.offline_store, query, entity_df, full_feature_names, metadata)
 
@@ -90,7 +91,7 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
         """Each key's latest row in [start_date, end_date): what a materialisation writes, found in one DuckDB pass,
         so a key is written once however many rows it has."""
         query = latest_rows_query(
-            data_source, join_key_columns, feature_name_columns, _repo_path(config), start_date, end_date
+            data_source, join_key_columns, feature_name_columns, repo_path_of(config), start_date, end_date
         )
         return DuckDBRetrievalJob(config.offline_store, query)
 
@@ -182,8 +183,8 @@ def asof_query(
         raise OfflineStoreError(f"entity rows need an {ENTITY_TIMESTAMP!r} column; got {sorted(entity_columns)}")
     joins, selected, names = [], [], []
     for i, view in enumerate(feature_views):
-        features = [ref.split(":", 1)[1] for ref in feature_refs if ref.split(":", 1)[0] == _view_name(view)]
-        keys = _view_keys(view)
+        features = view_features(view, feature_refs)
+        keys = view_join_keys(view)
         missing = [k for k in keys.values() if k not in entity_columns]
         if missing:
             raise OfflineStoreError(f"feature view {view.name!r}: the entity rows lack join keys {missing}")
@@ -277,7 +278,12 @@ def _source_time(source: DataSource) -> str:
     return f"CAST({_quote(source.timestamp_field)} AS TIMESTAMPTZ)"
 
 
-def _view_keys(view: FeatureView) -> dict[str, str]:
+def view_features(view: FeatureView, feature_refs: list[str]) -> list[str]:
+    """The features of `view` among Feast's "view:feature" references."""
+    return [ref.split(":", 1)[1] for ref in feature_refs if ref.split(":", 1)[0] == _view_name(view)]
+
+
+def view_join_keys(view: FeatureView) -> dict[str, str]:
     """The view's join keys in its source -> the entity rows' columns."""
     return view.projection.join_key_map or {c.name: c.name for c in view.entity_columns}
 
@@ -288,7 +294,8 @@ def as_utc(moment: datetime) -> pd.Timestamp:
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
-def _repo_path(config: RepoConfig) -> Path:
+def repo_path_of(config: RepoConfig) -> Path:
+    """Where a repo's relative source paths start."""
     return Path(str(config.repo_path or "."))
 
 

@@ -43,7 +43,14 @@ from feast.saved_dataset import SavedDatasetStorage
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from features.offline_store import ENTITY_TIMESTAMP, OfflineStoreError, as_utc
+from features.offline_store import (
+    ENTITY_TIMESTAMP,
+    OfflineStoreError,
+    as_utc,
+    repo_path_of,
+    view_features,
+    view_join_keys,
+)
 
 TYPE = "features.spark_store.AsofSparkOfflineStore"
 
@@ -77,9 +84,9 @@ class AsofSparkOfflineStore(SparkOfflineStore):
         )
         names: list[str] = []
         for view in feature_views:
-            features = [r.split(":", 1)[1] for r in feature_refs if r.split(":", 1)[0] == view.projection.name_to_use()]
+            features = view_features(view, feature_refs)
             prefix = f"{view.projection.name_to_use()}__" if full_feature_names else ""
-            joined = _asof_join(spark, joined, view, features, prefix, Path(str(config.repo_path or ".")))
+            joined = _asof_join(spark, joined, view, features, prefix, repo_path_of(config))
             names += [prefix + f for f in features]
         clash = set(columns) & set(names)
         if clash:
@@ -105,7 +112,7 @@ class AsofSparkOfflineStore(SparkOfflineStore):
                 created_timestamp_column, start_date, end_date,
             )  # fmt: skip
         spark = get_spark_session_or_start_new_with_repoconfig(config.offline_store)
-        rows = _source(spark, data_source, Path(str(config.repo_path or ".")))
+        rows = _source(spark, data_source, repo_path_of(config))
         time = F.col(timestamp_field).cast("timestamp")
         rows = rows.where(
             (time >= F.lit(as_utc(start_date).to_pydatetime())) & (time < F.lit(as_utc(end_date).to_pydatetime()))
@@ -173,7 +180,7 @@ def _asof_join(
 ) -> DataFrame:
     """`entities` (with __row and __entity_ts) gains `features` of `view` as of each row's time."""
     source = view.batch_source
-    keys = view.projection.join_key_map or {c.name: c.name for c in view.entity_columns}
+    keys = view_join_keys(view)
     missing = [k for k in keys.values() if k not in entities.columns]
     if missing:
         raise OfflineStoreError(f"feature view {view.name!r}: the entity rows lack join keys {missing}")
