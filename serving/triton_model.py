@@ -24,6 +24,7 @@ many small operators that uses a second core far better than intra-op threads do
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -169,6 +170,10 @@ class TritonPythonModel:
                 self.online = OnlineReader(FeatureStore(repo_path=str(folder / "feature_repo")), schema)
             self.byte_fields = [i["name"] for i in config["input"] if i["data_type"] == "TYPE_STRING"]
             pb_utils.deserialize_bytes_tensor = keep_serialized  # what the stub calls for BYTES inputs
+        # what is loaded lives as long as the model, so a full collection need not walk it mid-request (one stalled
+        # a 512-key online read by up to ~180 ms in bench/ingest.py's lookups)
+        gc.collect()
+        gc.freeze()
 
     def execute(self, requests: list) -> list:
         batches, errors = [], {}

@@ -1,5 +1,5 @@
 """The ASOF DuckDB offline store answers what Feast's own DuckDB store and a pandas as-of join answer, and the rows a
-materialisation writes are each key's latest."""
+materialisation writes are each key's latest, converted as Feast converts them."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from feast import Entity, FeatureStore, FeatureView, Field, FileSource, RepoConfig, ValueType
 from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
-from feast.types import String
+from feast.types import Bool, Float32, Int64, String
+from feast.utils import _convert_arrow_to_proto
 
+from features.ingest import online_rows
 from features.offline_store import TYPE, OfflineStoreError
 
 START = pd.Timestamp("2026-01-01", tz="UTC")
@@ -174,3 +176,28 @@ def test_latest_rows_are_each_keys_last_row_in_the_window(stores) -> None:
     assert got["colour"].tolist() == expected["colour"].tolist() and len(got) == 5
     assert (got["event_timestamp"] == expected["event_timestamp"]).all()
     assert len(batches) == 3  # five keys, two at a time
+
+
+def test_online_rows_are_what_feasts_own_conversion_gives() -> None:
+    """features.ingest.online_rows, column-wise, against Feast's per-value conversion: strings, float32, int64 keys,
+    nulls, and event and created times."""
+    event = Entity(name="event", join_keys=["event_id"], value_type=ValueType.INT64)
+    source = FileSource(name="s", path="unused.parquet", timestamp_field="ts", created_timestamp_column="created")
+    fields = [Field(name="colour", dtype=String), Field(name="weight", dtype=Float32), Field(name="n", dtype=Int64)]
+    view = FeatureView(name="v", entities=[event], schema=fields, source=source)
+    times = pa.array([START.to_pydatetime() + timedelta(seconds=s) for s in (0, 1.5, 7)], pa.timestamp("us", "UTC"))
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "event_id": pa.array([3, 1, 2], pa.int64()),
+            "colour": ["red", None, "é"],
+            "weight": pa.array([0.1, 2.5, None], pa.float32()),
+            "n": pa.array([None, 7, -1], pa.int64()),
+            "ts": times,
+            "created": times,
+        }
+    )
+    join_keys = {"event_id": ValueType.INT64}
+    assert online_rows(batch, view, join_keys) == _convert_arrow_to_proto(batch, view, join_keys)
+    with pytest.raises(ValueError, match=r"'v'.*'flags': 'BOOL'"):
+        bools = FeatureView(name="v", entities=[event], schema=[Field(name="flags", dtype=Bool)], source=source)
+        online_rows(batch.append_column("flags", pa.array([True, False, True])), bools, join_keys)
