@@ -16,13 +16,15 @@ def ingest(
     code_digest: str,
     feature_server: str,
     feast_root: str,
+    engine: str,
     data: Output[Dataset],
     metrics: Output[Metrics],
 ):
     """Ingest raw log files through Feast. `folds` (a row,fold file; empty: split by time) picks the split.
     `data_digest` (the fingerprint step's) makes changed files a new cache key, and `code_digest` (of the
     project's source) makes a code change a new cache key. `feature_server` (a cluster's; empty: none) is where
-    a schema's entity features are published, with the repository registered under `feast_root`."""
+    a schema's entity features are published, with the repository registered under `feast_root`. `engine` is the
+    offline store that joins and materialises: duckdb, or spark (on the pod's cores)."""
     from pathlib import Path
 
     from components.artifacts import log_metrics, step_log
@@ -33,6 +35,6 @@ def ingest(
 
         run = IngestRun.from_dict(
             {"schema": schema, "folds": folds or None, "fold": fold, "feature_server": feature_server}
-            | {"feast_root": feast_root or None}
+            | {"feast_root": feast_root or None, "engine": engine}
         )
         log_metrics(metrics, ingest_step([Path(f) for f in raw_files], Path(data.path), run))

@@ -115,6 +115,12 @@ def check_parameters(parameters: dict[str, Any]) -> None:
         from components.steps.common import check_gpus
 
         check_gpus(parameters["gpus"])
+    if "ingest_engine" in parameters:
+        from features.feast_repo import OFFLINE_STORES
+
+        engine = parameters["ingest_engine"]
+        if engine not in OFFLINE_STORES:
+            raise ValueError(f"ingest_engine {engine!r}: known engines are {sorted(OFFLINE_STORES)}")
 
 
 def code_digest(root: Path | None = None) -> str:

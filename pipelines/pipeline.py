@@ -107,6 +107,7 @@ def nasrec_pipeline(
     serving_variant: str = "local",
     triton_url: str = "",
     feature_server: str = "",
+    ingest_engine: str = "duckdb",
 ) -> PipelineOutputs:
     """Train and, when the quality gate passes, serve a NASRecNet.
 
@@ -125,7 +126,8 @@ def nasrec_pipeline(
     gate's other bar, and deploy adds the next one); model_name: the served model (empty: nasrec_<schema>);
     serving_variant: local or production; triton_url: a running Triton to check and roll the new version into
     (empty: check it on a local Triton); feature_server: a cluster's Feast feature server, where ingest publishes
-    the entity features the served model reads (submit and schedule set k8s/'s).
+    the entity features the served model reads (submit and schedule set k8s/'s); ingest_engine: the offline store
+    that joins and materialises in the ingest step: duckdb, or spark (Spark on the ingest pod's cores).
     """
     digest = fingerprint(raw_files=raw_files)
     digest.set_display_name("Fingerprint the raw logs").set_caching_options(False)
@@ -139,6 +141,7 @@ def nasrec_pipeline(
         code_digest=code_digest,
         feature_server=feature_server,
         feast_root=FEAST_ROOT,
+        engine=ingest_engine,
     )
     data.set_display_name("Ingest through Feast")
     _mount(DATA.apply(data), DATA_VOLUME)

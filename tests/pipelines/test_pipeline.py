@@ -210,3 +210,6 @@ def test_the_image_tags_follow_the_project_version_the_dockerfile_builds() -> No
     dockerfile = (Path(__file__).parents[2] / "Dockerfile").read_text()
     for image in (CPU_IMAGE, CUDA_IMAGE):
         assert f"-t {image} ." in dockerfile  # the build command for each tag the pipeline pins
+    # the ingest step (CPU image) can run ingest_engine=spark: a Java runtime and the `spark` extra, pyspark
+    assert any(r.startswith("pyspark") for r in project["optional-dependencies"]["spark"])
+    assert 'pip install ".[spark]"' in dockerfile and "default-jre-headless" in dockerfile
