@@ -9,6 +9,7 @@ from features.ingest import OnlineFeatures
 from features.readers import EVENT_ID, EVENT_TIMESTAMP
 from features.schema import builtin_schema
 from features.transform import dense_columns
+from tests.features.online_checks import reads_equal_the_sdks
 
 EXPECTED = {"criteo": (10_000, 0.218), "avazu": (9_999, 0.171)}
 
@@ -68,6 +69,7 @@ def test_online_features_equal_offline_encoded_rows(ingested):
     online.materialize(
         events[EVENT_TIMESTAMP].min() - pd.Timedelta(days=1), events[EVENT_TIMESTAMP].max() + pd.Timedelta(days=1)
     )
+    reads_equal_the_sdks(online, events)
     rows = pd.concat(pq.read_table(p).to_pandas() for p in result.splits.values()).set_index(EVENT_ID).sort_index()
     sample = rows.sample(200, random_state=0)
     if not schema.entities:  # Criteo: the event view holds every feature

@@ -25,6 +25,7 @@ from features.publish import PublishError, publish, write_online
 from features.readers import EVENT_TIMESTAMP
 from features.schema import builtin_schema
 from serving.server import free_port
+from tests.features.online_checks import reads_equal_the_sdks
 
 PASSWORD = "not-a-secret"
 K8S_FEATURE_STORE = Path(__file__).parents[2] / "k8s" / "base" / "common" / "feature_store.yaml"
@@ -89,6 +90,7 @@ def test_redis_answers_what_sqlite_answers_through_the_served_models_reader(two_
     expected = local.raw_features(keys)
     assert production.raw_features(keys) == expected
     assert sum(v is not None for values in expected.values() for v in values) > 1000  # real values, not misses
+    reads_equal_the_sdks(production, pq.read_table(folder / "offline" / "events.parquet").to_pandas())
 
 
 def feast_serve(config: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
