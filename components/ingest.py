@@ -17,6 +17,7 @@ def ingest(
     feature_server: str,
     feast_root: str,
     engine: str,
+    work_root: str,
     data: Output[Dataset],
     metrics: Output[Metrics],
 ):
@@ -24,7 +25,8 @@ def ingest(
     `data_digest` (the fingerprint step's) makes changed files a new cache key, and `code_digest` (of the
     project's source) makes a code change a new cache key. `feature_server` (a cluster's; empty: none) is where
     a schema's entity features are published, with the repository registered under `feast_root`. `engine` is the
-    offline store that joins and materialises: duckdb, or spark (on the pod's cores)."""
+    offline store that joins and materialises: duckdb, spark (on the pod's cores), or spark-k8s (Spark executors
+    as pods of their own, which see the step's files under `work_root`, a folder of the data volume)."""
     from pathlib import Path
 
     from components.artifacts import log_metrics, step_log
@@ -36,5 +38,6 @@ def ingest(
         run = IngestRun.from_dict(
             {"schema": schema, "folds": folds or None, "fold": fold, "feature_server": feature_server}
             | {"feast_root": feast_root or None, "engine": engine}
+            | {"shared_work_root": work_root if engine == "spark-k8s" else None}
         )
         log_metrics(metrics, ingest_step([Path(f) for f in raw_files], Path(data.path), run))

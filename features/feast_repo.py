@@ -27,24 +27,62 @@ from features.readers import EVENT_ID, EVENT_TIMESTAMP
 from features.schema import DatasetSchema
 
 DEFINITIONS = "definitions.py"
-# The offline stores a repo can run on: both join as of each event's time, and both read the same definitions.
+SPARK_CONF = {  # any Spark: UTC, and Parquet times in microseconds, as DuckDB and pandas read them
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+}
+# Spark on Kubernetes: the ingest pod is Spark's driver (client mode) and starts executor pods beside it, from the
+# pod template and with the rights of k8s/base/common/spark.yaml. The ${...} are the ingest pod's environment (the
+# pipeline sets it; Feast expands them when it reads the file). Executors come and go with the work (dynamic
+# allocation with shuffle tracking: no external shuffle service); they mount the data volume where the ingest step
+# works (the pipeline's INGEST_WORK_ROOT).
+SPARK_DRIVER_PORT, SPARK_BLOCK_MANAGER_PORT = 7078, 7079
+SPARK_EXECUTOR_TEMPLATE = "/etc/nasrec/spark/executor-pod.yaml"
+SPARK_EXECUTOR_VOLUME = ("nasrec-data", "/data")  # (claim, mount path): the pipeline's DATA_VOLUME
+SPARK_ON_KUBERNETES = {
+    "spark.master": "k8s://https://kubernetes.default.svc",
+    "spark.submit.deployMode": "client",
+    "spark.kubernetes.namespace": "${POD_NAMESPACE}",
+    "spark.kubernetes.driver.pod.name": "${POD_NAME}",  # executors are owned by it, so they go when it does
+    "spark.driver.host": "${POD_IP}",
+    "spark.driver.bindAddress": "0.0.0.0",
+    "spark.driver.port": str(SPARK_DRIVER_PORT),
+    "spark.blockManager.port": str(SPARK_BLOCK_MANAGER_PORT),
+    "spark.kubernetes.container.image": "${SPARK_EXECUTOR_IMAGE}",
+    "spark.kubernetes.executor.podTemplateFile": SPARK_EXECUTOR_TEMPLATE,
+    "spark.executor.cores": "2",
+    "spark.executor.memory": "6g",
+    "spark.kubernetes.executor.limit.cores": "2",
+    "spark.dynamicAllocation.enabled": "true",
+    "spark.dynamicAllocation.shuffleTracking.enabled": "true",
+    "spark.dynamicAllocation.maxExecutors": "8",
+    "spark.kubernetes.executor.volumes.persistentVolumeClaim.data.options.claimName": SPARK_EXECUTOR_VOLUME[0],
+    "spark.kubernetes.executor.volumes.persistentVolumeClaim.data.mount.path": SPARK_EXECUTOR_VOLUME[1],
+}
+SPARK_ON_KUBERNETES_ENV = ("POD_NAMESPACE", "POD_NAME", "POD_IP", "SPARK_EXECUTOR_IMAGE")
+SPARK_STORE = "features.spark_store.AsofSparkOfflineStore"
+# The offline stores a repo can run on: each joins as of each event's time, and all read the same definitions.
 OFFLINE_STORES = {
     "duckdb": {"type": "features.offline_store.AsofDuckDBOfflineStore"},  # one machine
-    "spark": {  # logs beyond one machine; the settings run Spark on this machine's cores (override spark.master)
-        "type": "features.spark_store.AsofSparkOfflineStore",
+    "spark": {  # Spark on this machine's cores (or the ingest pod's)
+        "type": SPARK_STORE,
         "spark_conf": {
             "spark.master": "local[*]",
-            "spark.ui.enabled": "false",
-            "spark.ui.showConsoleProgress": "false",
-            "spark.sql.session.timeZone": "UTC",
-            "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
             "spark.driver.host": "127.0.0.1",
             "spark.driver.bindAddress": "127.0.0.1",
+            **SPARK_CONF,
         },
     },
+    "spark-k8s": {"type": SPARK_STORE, "spark_conf": {**SPARK_ON_KUBERNETES, **SPARK_CONF}},  # executors as pods
 }
 # Each offline store's query of the entity rows in a Parquet file
-PARQUET_QUERIES = {"duckdb": "SELECT * FROM read_parquet('{path}')", "spark": "SELECT * FROM parquet.`{path}`"}
+PARQUET_QUERIES = {
+    "duckdb": "SELECT * FROM read_parquet('{path}')",
+    "spark": "SELECT * FROM parquet.`{path}`",
+    "spark-k8s": "SELECT * FROM parquet.`{path}`",
+}
 LOCAL_CONFIG = "feature_store.yaml"
 PRODUCTION_CONFIG = "feature_store.production.yaml"
 
@@ -62,10 +100,13 @@ def offline_engine(name: str) -> dict:
     """The offline store block of engine `name`; fails, naming what to install, when the engine cannot run here."""
     if name not in OFFLINE_STORES:
         raise ValueError(f"offline store engine {name!r}: known engines are {sorted(OFFLINE_STORES)}")
-    if name == "spark" and importlib.util.find_spec("pyspark") is None:
-        raise ValueError("offline store engine 'spark' needs pyspark: pip install 'nasrec-pipeline[spark]'")
-    if name == "spark" and shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        raise ValueError("offline store engine 'spark' needs a JDK (java on PATH or JAVA_HOME; Debian: default-jdk)")
+    if name.startswith("spark") and importlib.util.find_spec("pyspark") is None:
+        raise ValueError(f"offline store engine {name!r} needs pyspark: pip install 'nasrec-pipeline[spark]'")
+    if name.startswith("spark") and shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise ValueError(f"offline store engine {name!r} needs a JDK (java on PATH or JAVA_HOME; Debian: default-jdk)")
+    unset = [v for v in SPARK_ON_KUBERNETES_ENV if name == "spark-k8s" and not os.environ.get(v)]
+    if unset:
+        raise ValueError(f"offline store engine 'spark-k8s' runs in the pipeline's ingest pod, which sets {unset}")
     return OFFLINE_STORES[name]
 
 

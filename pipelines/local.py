@@ -186,6 +186,9 @@ def run_local(parameters: dict[str, Any], out: Path, preset: Preset | None = Non
     from pipelines.pipeline import nasrec_pipeline
 
     check_parameters(parameters)
+    from features.feast_repo import offline_engine
+
+    offline_engine(parameters.get("ingest_engine", "duckdb"))  # runs here: pyspark and a JDK, or no pod for spark-k8s
     out = Path(out).absolute()
     if "gpus" not in parameters:
         parameters = parameters | {"gpus": local_gpus()}

@@ -25,14 +25,18 @@ from components.evaluate import evaluate
 from components.export import export
 from components.finetune import finetune
 from components.fingerprint import fingerprint
+from components.images import SPARK_EXECUTOR_IMAGE
 from components.ingest import ingest
 from components.plan_training import plan_training
 from components.search import search
 from components.train_supernet import train_supernet
-from pipelines import COMPILED_PIPELINE, DATA_VOLUME, DEPLOY_STEP, FEAST_ROOT, MODEL_VOLUME
+from features.feast_repo import SPARK_EXECUTOR_TEMPLATE
+from pipelines import COMPILED_PIPELINE, DATA_VOLUME, DEPLOY_STEP, FEAST_ROOT, INGEST_WORK_ROOT, MODEL_VOLUME
 
 PIPELINE_NAME = "nasrec"
 GPU_RESOURCE = "nvidia.com/gpu"
+SPARK_DRIVER = "nasrec-spark-driver"  # the ingest pod's app label (k8s/base/common/spark.yaml)
+SPARK_EXECUTOR_POD = "nasrec-spark-executor-pod"  # the ConfigMap of the executors' pod template
 RETRIES = 2  # a lost node or a preempted pod; a step's own error fails the same way again
 
 
@@ -59,6 +63,23 @@ SERVING = PodSize("1", "4Gi", "2", "8Gi")
 
 def _mount(task: PipelineTask, volume: tuple[str, str]) -> PipelineTask:
     return kubernetes.mount_pvc(task, pvc_name=volume[0], mount_path=volume[1])
+
+
+def _knows_its_pod(task: PipelineTask) -> PipelineTask:
+    """The pod's name, namespace and address in its environment: for what it starts beside itself."""
+    for variable, field in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
+        kubernetes.use_field_path_as_env(task, variable, field)
+    return kubernetes.use_field_path_as_env(task, "POD_IP", "status.podIP")
+
+
+def _spark_driver(task: PipelineTask) -> PipelineTask:
+    """What ingest_engine=spark-k8s needs of the ingest pod, Spark's driver (k8s/base/common/spark.yaml): the label
+    its network policy admits executors to, its name, namespace and address, and the executors' pod template."""
+    kubernetes.add_pod_label(task, "app.kubernetes.io/name", SPARK_DRIVER)
+    _knows_its_pod(task)
+    task.set_env_variable("SPARK_EXECUTOR_IMAGE", SPARK_EXECUTOR_IMAGE)
+    template = Path(SPARK_EXECUTOR_TEMPLATE)
+    return kubernetes.use_config_map_as_volume(task, SPARK_EXECUTOR_POD, str(template.parent), optional=True)
 
 
 def _on_gpu_nodes(task: PipelineTask, gpus: PipelineChannel, node_selector: dict) -> PipelineTask:
@@ -127,7 +148,8 @@ def nasrec_pipeline(
     serving_variant: local or production; triton_url: a running Triton to check and roll the new version into
     (empty: check it on a local Triton); feature_server: a cluster's Feast feature server, where ingest publishes
     the entity features the served model reads (submit and schedule set k8s/'s); ingest_engine: the offline store
-    that joins and materialises in the ingest step: duckdb, or spark (Spark on the ingest pod's cores).
+    that joins and materialises in the ingest step: duckdb, spark (Spark on the ingest pod's cores) or spark-k8s
+    (Spark's executors as pods of their own; k8s/base/common/spark.yaml).
     """
     digest = fingerprint(raw_files=raw_files)
     digest.set_display_name("Fingerprint the raw logs").set_caching_options(False)
@@ -142,9 +164,11 @@ def nasrec_pipeline(
         feature_server=feature_server,
         feast_root=FEAST_ROOT,
         engine=ingest_engine,
+        work_root=INGEST_WORK_ROOT,
     )
     data.set_display_name("Ingest through Feast")
     _mount(DATA.apply(data), DATA_VOLUME)
+    _spark_driver(data)
     plan = plan_training(gpus=gpus, nodes=training_nodes, job_kind=training_job)
     plan.set_display_name("Plan supernet training")
     SMALL.apply(plan)
@@ -161,8 +185,7 @@ def nasrec_pipeline(
     )
     supernet.set_display_name("Train supernet").after(plan)  # its GPU count is the plan's output
     _mount(supernet, DATA_VOLUME)  # a distributed job's data and supernet pass through it
-    for variable, field in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
-        kubernetes.use_field_path_as_env(supernet, variable, field)
+    _knows_its_pod(supernet)
     searched = search(
         data=data.outputs["data"],
         supernet=supernet.outputs["supernet"],

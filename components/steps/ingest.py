@@ -7,6 +7,8 @@ given a cluster's feature server, published to the cluster's Feast (`features.pu
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -33,11 +35,16 @@ class IngestRun(StepConfig):
     max_reject_fraction: float = 0.01
     feature_server: str = ""  # on a cluster, its Feast feature server (http://host:port): publish there
     feast_root: Path | None = None  # with feature_server: the registry root the cluster's pods share
-    engine: str = "duckdb"  # the offline store: duckdb (one machine) or spark (features.feast_repo.OFFLINE_STORES)
+    engine: str = "duckdb"  # the offline store: duckdb, spark or spark-k8s (features.feast_repo.OFFLINE_STORES)
+    # where the output is built before it is copied to the step's output: a folder that workers in other pods see
+    # too (spark-k8s's executors: a folder of the data volume they mount)
+    shared_work_root: Path | None = None
 
     def __post_init__(self) -> None:
         if self.feature_server and self.feast_root is None:
             raise ValueError("feature_server: publishing needs feast_root, the registry root the cluster's pods share")
+        if self.engine == "spark-k8s" and self.shared_work_root is None:
+            raise ValueError("engine spark-k8s: its executors read and write the step's files: give shared_work_root")
         offline_engine(self.engine)  # an unknown engine fails here, before any row is read
 
 
@@ -48,10 +55,22 @@ def ingest(raw_paths: list[Path], out: Path, run: IngestRun) -> dict[str, Any]:
     missing = [str(p) for p in raw_paths if not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"raw log file(s) not found: {missing}")
+    if run.shared_work_root is None:
+        return _ingest(raw_paths, Path(out), run)
+    work = run.shared_work_root / f"ingest-{uuid.uuid4().hex[:12]}"
+    try:
+        stats = _ingest(raw_paths, work, run)
+        shutil.copytree(work, out, dirs_exist_ok=True)  # the repo's paths are relative: it moves with its data
+        return stats
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _ingest(raw_paths: list[Path], out: Path, run: IngestRun) -> dict[str, Any]:
     schema = load_schema(run.schema)
     split = SplitSpec(run.validation_fraction, run.test_fraction, run.folds, run.fold)
     result = ingest_through_feast(
-        schema, [Path(p) for p in raw_paths], Path(out), split, run.max_reject_fraction, engine=run.engine
+        schema, [Path(p) for p in raw_paths], out, split, run.max_reject_fraction, engine=run.engine
     )
     stats = dict(result.stats)
     if schema.entities:

@@ -21,6 +21,7 @@ from pipelines.studies import RankCorrRun
 CONFIGS = [
     IngestRun(schema="avazu", folds=Path("folds.csv"), fold=3),
     IngestRun(schema="avazu", feature_server="http://feast:6566", feast_root=Path("/data/feast")),
+    IngestRun(schema="avazu", shared_work_root=Path("/data/ingest-work")),
     SupernetRun(space="nasrec-small", steps=40),
     SearchRun(search=SearchConfig(population=4, children=2, max_mflops=0.3, fitness=FitnessConfig.for_method("head"))),
     SearchRun(max_latency_ms=5.0, latency_batch=256, latency_calibration=8),
@@ -56,6 +57,8 @@ def test_a_bad_config_names_the_field_at_fault() -> None:
         SearchRun.from_dict({"latency_calibration": 2})
     with pytest.raises(ValueError, match=r"feature_server: publishing needs feast_root"):
         IngestRun.from_dict({"feature_server": "http://feast:6566"})
+    with pytest.raises(ValueError, match=r"engine spark-k8s: its executors read and write the step's files"):
+        IngestRun.from_dict({"engine": "spark-k8s"} | {"shared_work_root": None})
     with pytest.raises(ValueError, match=r"EvaluateRun\.min_auc: expected float, got True"):
         EvaluateRun.from_dict({"min_auc": True})
     with pytest.raises(ValueError, match=r"min_auc: must be in \[0, 1\], got 2"):

@@ -160,8 +160,12 @@ def test_an_empty_line_is_rejected_as_such(tmp_path):
 def test_an_offline_store_engine_that_cannot_run_fails_before_anything_is_read(tmp_path, monkeypatch):
     good = write_criteo(tmp_path / "good.txt", [criteo_line(i, label=str(i % 2)) for i in range(100)])
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match=r"offline store engine 'tpu': known engines are \['duckdb', 'spark'\]"):
+    with pytest.raises(ValueError, match=r"engine 'tpu': known engines are \['duckdb', 'spark', 'spark-k8s'\]"):
         ingest(CRITEO, [good], out, SplitSpec(), engine="tpu")
+    for variable in ("POD_NAMESPACE", "POD_NAME", "POD_IP", "SPARK_EXECUTOR_IMAGE"):
+        monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(ValueError, match=r"'spark-k8s' runs in the pipeline's ingest pod, which sets \['POD_NAMESPACE"):
+        ingest(CRITEO, [good], out, SplitSpec(), engine="spark-k8s")
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "pyspark" else find_spec(name, *a)

@@ -186,7 +186,7 @@ def test_the_feature_store_config_is_what_a_served_model_reads(rendered, tmp_pat
     from features.schema import builtin_schema
 
     write_repo(builtin_schema("avazu"), tmp_path / "feature_repo", tmp_path / "offline" / "events.parquet")
-    (config_map,) = [o for o in objects(rendered["base"]) if o["kind"] == "ConfigMap"]
+    (config_map,) = [o for o in objects(rendered["base"]) if o["metadata"]["name"].startswith("nasrec-feature-store")]
     text = config_map["data"]["feature_store.yaml"].replace("${FEAST_PROJECT}", "avazu")
     assert yaml.safe_load(text) == serving_config(tmp_path / "feature_repo", "production")
     server = by_name(rendered["base"])["Deployment/nasrec-feature-server"]["spec"]["template"]["spec"]
@@ -215,3 +215,54 @@ def test_ingest_publishes_where_the_feature_server_and_triton_read(rendered) -> 
     service = objs["Service/nasrec-feature-server"]
     assert address.hostname == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
     assert address.port in {p["port"] for p in service["spec"]["ports"]}
+
+
+def test_spark_executors_get_what_the_ingest_pods_spark_conf_asks_for(rendered, tmp_path: Path) -> None:
+    """ingest_engine=spark-k8s: the executors' pod template is a restricted pod of the executor account (no API
+    access), labelled as the network policies expect, and the ports those policies open are the spark_conf's; the
+    pipeline's Role lets the ingest pod start executors, and its ingest task carries the driver's label, its
+    address and the template where the spark_conf reads it."""
+    from features.feast_repo import OFFLINE_STORES, SPARK_EXECUTOR_TEMPLATE, SPARK_EXECUTOR_VOLUME
+    from pipelines import COMPILED_PIPELINE, DATA_VOLUME, INGEST_WORK_ROOT
+
+    objs = by_name(rendered["base"])
+    conf = OFFLINE_STORES["spark-k8s"]["spark_conf"]
+    template = yaml.safe_load(objs["ConfigMap/nasrec-spark-executor-pod"]["data"][Path(SPARK_EXECUTOR_TEMPLATE).name])
+    (tmp_path / "template.yaml").write_text(yaml.safe_dump(template | {"metadata": {"name": "executor"}}))
+    assert validation_errors(tmp_path / "template.yaml") == {"Pod/executor": []}
+    spec = template["spec"]
+    assert spec["serviceAccountName"] == "nasrec-spark-executor" and spec["automountServiceAccountToken"] is False
+    assert objs["ServiceAccount/nasrec-spark-executor"]["automountServiceAccountToken"] is False
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 10001
+    (container,) = spec["containers"]
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    executor = template["metadata"]["labels"]["app.kubernetes.io/name"]
+    driver = objs["NetworkPolicy/nasrec-spark-driver"]["spec"]
+    (into_driver,) = driver["ingress"]
+    assert into_driver["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": executor}}}]
+    ports = {str(p["port"]) for p in into_driver["ports"]}
+    assert ports == {conf["spark.driver.port"], conf["spark.blockManager.port"]}
+    (into_executors,) = objs["NetworkPolicy/nasrec-spark-executor"]["spec"]["ingress"]
+    assert objs["NetworkPolicy/nasrec-spark-executor"]["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": executor
+    }
+    assert [p["port"] for p in into_executors["ports"]] == [int(conf["spark.blockManager.port"])]
+    assert SPARK_EXECUTOR_VOLUME == DATA_VOLUME and Path(INGEST_WORK_ROOT).is_relative_to(DATA_VOLUME[1])
+    rules = objs["Role/nasrec-pipeline"]["rules"]
+    for resource in ("pods", "configmaps"):
+        verbs = {
+            v for rule in rules if resource in rule["resources"] and rule["apiGroups"] == [""] for v in rule["verbs"]
+        }
+        assert {"create", "watch", "delete", "deletecollection"} <= verbs, resource
+    # the compiled pipeline's ingest task: the driver's label, its pod's address, the template's folder
+    (platform,) = list(yaml.safe_load_all(COMPILED_PIPELINE.read_text()))[1:]
+    ingest = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-ingest"]
+    assert (
+        ingest["podMetadata"]["labels"]["app.kubernetes.io/name"]
+        == driver["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+    )
+    assert {"POD_NAME", "POD_NAMESPACE", "POD_IP"} <= {f["name"] for f in ingest["fieldPathAsEnv"]}
+    (mounted,) = ingest["configMapAsVolume"]
+    assert mounted["configMapName"] == "nasrec-spark-executor-pod" and mounted["optional"] is True
+    assert mounted["mountPath"] == str(Path(SPARK_EXECUTOR_TEMPLATE).parent)

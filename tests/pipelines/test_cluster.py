@@ -189,7 +189,7 @@ def test_cluster_commands_refuse_bad_input_before_calling_the_api(kfp_api) -> No
     url, handler = kfp_api
     with pytest.raises(SystemExit, match=r"unknown pipeline parameter\(s\) \['supernet_stpes'\]"):
         main(["pipeline", "submit", "--host", url, "--set", "supernet_stpes=10"])
-    with pytest.raises(SystemExit, match=r"ingest_engine 'ray': known engines are \['duckdb', 'spark'\]"):
+    with pytest.raises(SystemExit, match=r"ingest_engine 'ray': known engines are \['duckdb', 'spark', 'spark-k8s'\]"):
         main(["pipeline", "submit", "--host", url, "--set", "ingest_engine=ray"])
     given = [f"--set={name}={value}" for name, value in CLUSTER.items() if name != "triton_url"]
     with pytest.raises(

@@ -87,7 +87,11 @@ def test_on_a_cluster_each_step_mounts_its_volume_is_sized_retried_and_training_
         assert config["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
         assert config["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "gpu_node_selector"
     own_pod = {e["name"]: e["fieldPath"] for e in kubernetes["exec-train-supernet"]["fieldPathAsEnv"]}
-    assert own_pod == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}  # its job's image
+    assert own_pod == {
+        "POD_NAME": "metadata.name",
+        "POD_NAMESPACE": "metadata.namespace",
+        "POD_IP": "status.podIP",
+    }  # its job's image
     tasks = spec["root"]["dag"]["tasks"] | spec["components"]["comp-condition-1"]["dag"]["tasks"]
     retried = {name: task["retryPolicy"]["maxRetryCount"] for name, task in tasks.items() if "retryPolicy" in task}
     assert retried == dict.fromkeys((n.removeprefix("exec-") for n in executors), 2)
@@ -180,6 +184,9 @@ def test_a_rerun_reuses_the_pure_steps_and_the_gate_can_refuse(tiny_run, tmp_pat
 
     with pytest.raises(ValueError, match=r"gpus: 0 \(the CPU\) or 1 \(a training step runs on one GPU\), got 2"):
         run_local(tiny_run.parameters | {"gpus": 2}, tmp_path)  # refused before any step runs
+    with pytest.raises(ValueError, match=r"'spark-k8s' runs in the pipeline's ingest pod"):
+        run_local(tiny_run.parameters | {"ingest_engine": "spark-k8s"}, tmp_path / "k8s")
+    assert not (tmp_path / "k8s").exists()
     with pytest.raises(PipelineStepError, match=r"step 'ingest' failed; its log: .*logs/ingest\.log"):
         run_local(tiny_run.parameters | {"schema": "avazu"}, tmp_path)
     assert "ingest failed: IngestError" in (tmp_path / "logs" / "ingest.log").read_text()
@@ -203,13 +210,15 @@ def test_the_readmes_sequence_serves_a_second_dataset_beside_the_first(tiny_run,
 def test_the_image_tags_follow_the_project_version_the_dockerfile_builds() -> None:
     import tomllib
 
-    from components.images import VERSION
+    from components.images import SPARK_EXECUTOR_IMAGE, SPARK_VERSION, VERSION
 
     project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
     assert project["version"] == VERSION
     dockerfile = (Path(__file__).parents[2] / "Dockerfile").read_text()
     for image in (CPU_IMAGE, CUDA_IMAGE):
         assert f"-t {image} ." in dockerfile  # the build command for each tag the pipeline pins
-    # the ingest step (CPU image) can run ingest_engine=spark: a Java runtime and the `spark` extra, pyspark
+    # the ingest step (CPU image) can run ingest_engine=spark: a Java runtime and the `spark` extra, with pyspark
+    # at the release of the executors' image (spark-k8s)
     assert any(r.startswith("pyspark") for r in project["optional-dependencies"]["spark"])
-    assert 'pip install ".[spark]"' in dockerfile and "default-jre-headless" in dockerfile
+    assert 'pip install ".[spark]" "pyspark==${SPARK_VERSION}"' in dockerfile and "default-jre-headless" in dockerfile
+    assert f"ARG SPARK_VERSION={SPARK_VERSION}\n" in dockerfile and SPARK_EXECUTOR_IMAGE.endswith(f":{SPARK_VERSION}")
