@@ -35,11 +35,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from feast import FeatureStore, FeatureView
+from feast import FeatureStore
 from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-from feast.value_type import ValueType
 
 from features.feast_repo import (
     LOCAL_CONFIG,
@@ -53,6 +50,7 @@ from features.feast_repo import (
 )
 from features.offline_store import duckdb_connection, sql_literal
 from features.online import OnlineReader
+from features.online_write import OnlineWriter, online_rows
 from features.prefetch import prefetch
 from features.readers import EVENT_ID, EVENT_TIMESTAMP, IngestError, RawReader
 from features.schema import DatasetSchema
@@ -351,7 +349,8 @@ class OnlineFeatures:
         `entities_only` skips the event-level view: a live request carries its own event fields.
 
         The latest row per key comes from one pass of the offline store over the source (ours: DuckDB here, Spark on
-        a cluster) and is written `batch_rows` keys at a time, so a key with many rows is written once. (Feast's
+        a cluster) and is written `batch_rows` keys at a time (`features.online_write`), so a key with many rows is
+        written once. (Feast's
         own `materialize` reads every row of the range into pandas and drops duplicates there: about 2,400 keys/s
         and all rows in memory on a 1M-row log.) The materialised range is recorded in the registry, as Feast does.
         """
@@ -367,10 +366,10 @@ class OnlineFeatures:
                 self.store.config, source, list(join_keys), [f.name for f in view.features],
                 source.timestamp_field, source.created_timestamp_column or None, start, end,
             )  # fmt: skip
-            for batch in latest.record_batches(batch_rows):
-                rows = online_rows(batch, view, join_keys)
-                self.reader.provider.online_write_batch(self.store.config, view, rows, progress=None)
-                written += batch.num_rows
+            with OnlineWriter(self.store, self.reader.provider, view) as writer:
+                for batch in latest.record_batches(batch_rows):
+                    writer.write(online_rows(batch, view, join_keys))
+                    written += batch.num_rows
             self.store.registry.apply_materialization(view, self.store.project, start, end)
         return written
 
@@ -394,42 +393,3 @@ class OnlineFeatures:
         if len(sizes) != 1:
             raise ValueError(f"online lookup: keys and request fields must have equal lengths, got {sorted(sizes)}")
         return self.transform.transform({**self.raw_features(keys), **keys, **(request or {})})
-
-
-# the ValueProto field of each value type our feature views declare (features.feast_repo)
-PROTO_FIELDS = {ValueType.STRING: "string_val", ValueType.FLOAT: "float_val", ValueType.INT64: "int64_val"}
-
-
-def online_rows(
-    batch: pa.RecordBatch, view: FeatureView, join_keys: dict[str, ValueType]
-) -> list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]]:
-    """A batch of each key's latest row as the online store's writer takes it, a column at a time.
-
-    What feast.utils's private `_convert_arrow_to_proto` returns, for the value types our views declare, at a
-    fraction of its cost (it checks every value's type one by one): half of materialisation's time went there.
-    """
-    columns = {**{f.name: f.dtype.to_value_type() for f in view.features}, **join_keys}
-    unsupported = {name: kind.name for name, kind in columns.items() if kind not in PROTO_FIELDS}
-    if unsupported:
-        raise ValueError(f"materialise {view.name!r}: no online conversion for {unsupported}")
-    protos = {name: _proto_values(batch.column(name), PROTO_FIELDS[kind]) for name, kind in columns.items()}
-    names = [f.name for f in view.features]
-    keys = [EntityKeyProto(join_keys=list(join_keys), entity_values=v) for v in zip(*(protos[k] for k in join_keys))]
-    features = [dict(zip(names, values)) for values in zip(*(protos[name] for name in names))]
-    source = view.batch_source
-    event_times = _naive_utc(batch.column(source.timestamp_field))
-    created = source.created_timestamp_column
-    created_times = _naive_utc(batch.column(created)) if created else [None] * batch.num_rows
-    return list(zip(keys, features, event_times, created_times))
-
-
-def _proto_values(column: pa.Array, field: str) -> list[ValueProto]:
-    """One ValueProto per value; an empty one for a null, as Feast writes it."""
-    return [ValueProto() if v is None else ValueProto(**{field: v}) for v in column.to_pylist()]
-
-
-def _naive_utc(column: pa.Array) -> list[datetime]:
-    """Times as naive UTC datetimes, as Feast hands them to the online store."""
-    if column.type.tz is not None:
-        column = column.cast(pa.timestamp(column.type.unit))
-    return column.to_pylist()

@@ -30,6 +30,12 @@ from features.schema import DatasetSchema, EntitySpec
 from features.transform import ByteColumn
 
 
+def sqlite_database(store: FeatureStore) -> Path:
+    """The database file of `store`'s SQLite online store: its path, relative to the repo unless absolute."""
+    path = Path(store.config.online_store.path)
+    return (path if path.is_absolute() else Path(store.repo_path) / path).resolve()
+
+
 def entity_view(schema: DatasetSchema, entity: EntitySpec) -> str:
     """The feature view of an entity's features, keyed by the entity's column."""
     return f"{schema.name}_{entity.name}_fv"
@@ -125,9 +131,8 @@ class OnlineReader:
     def _sqlite_connection(self) -> sqlite3.Connection:
         """A read-only connection to the store's database, opened on first use (materialisation creates it)."""
         if self._sqlite is None:
-            path = Path(self.store.config.online_store.path)
-            path = path if path.is_absolute() else Path(self.store.repo_path) / path
-            self._sqlite = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            uri = f"{sqlite_database(self.store).as_uri()}?mode=ro"
+            self._sqlite = sqlite3.connect(uri, uri=True, check_same_thread=False)
         return self._sqlite
 
     def read_bytes(self, key: str, keys: ByteColumn) -> dict[str, ByteColumn]:
