@@ -66,8 +66,13 @@ class OnlineWriter:
     def __enter__(self) -> OnlineWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type | None, *exc: object) -> None:
+        """A view's SQLite writes commit together, or not at all (one commit, not one per batch)."""
         if self.sqlite is not None:
+            if kind is None:
+                self.sqlite.commit()
+            else:
+                self.sqlite.rollback()
             self.sqlite.close()
 
     @property
@@ -86,12 +91,11 @@ class OnlineWriter:
                 records.append((key, name, value.SerializeToString(), _text(value), event_time, created_time))
         updates = ", ".join(f"{c} = excluded.{c}" for c in SQLITE_WRITTEN[2:])
         table = self.table.replace('"', '""')
-        with self.sqlite:
-            self.sqlite.executemany(
-                f'INSERT INTO "{table}" ({", ".join(SQLITE_WRITTEN)}) VALUES ({", ".join("?" * len(SQLITE_WRITTEN))}) '
-                f"ON CONFLICT(entity_key, feature_name) DO UPDATE SET {updates}",
-                records,
-            )
+        self.sqlite.executemany(  # in the transaction __exit__ commits
+            f'INSERT INTO "{table}" ({", ".join(SQLITE_WRITTEN)}) VALUES ({", ".join("?" * len(SQLITE_WRITTEN))}) '
+            f"ON CONFLICT(entity_key, feature_name) DO UPDATE SET {updates}",
+            records,
+        )
 
 
 def _text(value: ValueProto) -> str | None:

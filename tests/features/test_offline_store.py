@@ -226,3 +226,16 @@ def test_the_sqlite_writer_leaves_the_table_feasts_own_writer_leaves(tmp_path: P
         ]
         assert tables[0] == tables[1] and len(tables[0]) == 2 * len(rows) > 0
     assert len(rows) == log["user"].nunique()
+    # a view's writes commit together: a failure part way leaves the table as it was
+    earlier = [
+        row
+        for batch in latest_rows(stores[0], START, START + timedelta(hours=1))
+        for row in online_rows(batch, view, join_keys)
+    ]
+    with pytest.raises(RuntimeError), OnlineWriter(stores[0], stores[0]._get_provider(), view) as ours:
+        ours.write(earlier)
+        raise RuntimeError("the next batch failed")
+    table = (
+        sqlite3.connect(tmp_path / "ours" / "online.db").execute('SELECT * FROM "t_user_fv" ORDER BY 1, 2').fetchall()
+    )
+    assert earlier and table == tables[0]
