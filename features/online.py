@@ -106,8 +106,8 @@ class OnlineReader:
             rows = self._sqlite_connection().execute(f"{query}({','.join('?' * len(chunk))})", chunk)
             for entity_key, feature, value in rows:
                 if feature in column:
-                    values = found.setdefault(by_bytes[entity_key], [None] * len(features))
-                    values[column[feature]] = _python_value(ValueProto.FromString(value))
+                    row = found.setdefault(by_bytes[entity_key], [None] * len(features))
+                    row[column[feature]] = _python_value(ValueProto.FromString(value))
         return found
 
     def _read_redis(
