@@ -52,6 +52,10 @@ SPARK_ON_KUBERNETES = {
     "spark.blockManager.port": str(SPARK_BLOCK_MANAGER_PORT),
     "spark.kubernetes.container.image": "${SPARK_EXECUTOR_IMAGE}",
     "spark.kubernetes.executor.podTemplateFile": SPARK_EXECUTOR_TEMPLATE,
+    "spark.driver.memory": "8g",  # materialisation collects each view's latest rows here (the pod's limit: 16Gi)
+    "spark.driver.maxResultSize": "4g",
+    "spark.kubernetes.driver.ownPersistentVolumeClaim": "false",  # executors mount an existing claim: no claims
+    "spark.kubernetes.driver.reusePersistentVolumeClaim": "false",  # of their own to list, create or reuse
     "spark.executor.cores": "2",
     "spark.executor.memory": "6g",
     "spark.kubernetes.executor.limit.cores": "2",

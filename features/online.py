@@ -66,16 +66,20 @@ class OnlineReader:
         self._sqlite: sqlite3.Connection | None = None
         version = self.store.config.entity_key_serialization_version
         self._key_bytes = {key: _key_serializer(key, view, version) for key, (view, _) in self.views.items()}
+        # settings that change where Feast keeps rows (versioned views) or how it reads Redis: its own reads then
+        versioned = getattr(self.store.config.registry, "enable_online_feature_view_versioning", False)
+        self._direct = not versioned and getattr(self.store.config.online_store, "client", "redis") != "glide"
 
     def read(self, key: str, values: Sequence) -> dict[str, list]:
         """{feature: one raw value per entry of `values`} for the view keyed by `key`; None where unknown."""
         view, features = self.views[key]
         distinct = list(dict.fromkeys(v for v in values if v is not None))
+        store = self.provider.online_store
         if not distinct:
             found = {}
-        elif isinstance(self.provider.online_store, SqliteOnlineStore):
+        elif self._direct and isinstance(store, SqliteOnlineStore):
             found = self._read_sqlite(view, [self._key_bytes[key](v) for v in distinct], distinct, features)
-        elif isinstance(self.provider.online_store, RedisOnlineStore):
+        elif self._direct and isinstance(store, RedisOnlineStore):
             found = self._read_redis(view, [self._key_bytes[key](v) for v in distinct], distinct, features)
         else:
             found = self._read_store(view, _entity_keys(key, view, distinct), distinct, features)
@@ -96,19 +100,21 @@ class OnlineReader:
         self, view: FeatureView, serialized: list[bytes], values: list, features: list[str]
     ) -> dict[object, list]:
         """`_read_store` on Feast's SQLite store, by serialised entity key, in one query per SQLITE_KEYS keys."""
-        by_bytes = dict(zip(serialized, values))
+        by_bytes: dict[bytes, list] = {}  # values that serialise alike (123 and "123") share a key
+        for key, value in zip(serialized, values):
+            by_bytes.setdefault(key, []).append(value)
         column = {f: i for i, f in enumerate(features)}
         table = f"{self.store.project}_{view.name}".replace('"', '""')
         query = f'SELECT entity_key, feature_name, value FROM "{table}" WHERE entity_key IN '
-        found: dict[object, list] = {}
+        found: dict[bytes, list] = {}
         for start in range(0, len(serialized), SQLITE_KEYS):
             chunk = serialized[start : start + SQLITE_KEYS]
             rows = self._sqlite_connection().execute(f"{query}({','.join('?' * len(chunk))})", chunk)
             for entity_key, feature, value in rows:
                 if feature in column:
-                    row = found.setdefault(by_bytes[entity_key], [None] * len(features))
+                    row = found.setdefault(entity_key, [None] * len(features))
                     row[column[feature]] = _python_value(ValueProto.FromString(value))
-        return found
+        return {value: row for key, row in found.items() for value in by_bytes[key]}
 
     def _read_redis(
         self, view: FeatureView, serialized: list[bytes], values: list, features: list[str]

@@ -58,7 +58,11 @@ class OnlineWriter:
         self.sqlite: sqlite3.Connection | None = None
         if isinstance(provider.online_store, SqliteOnlineStore) and not store.config.online_store.vector_enabled:
             connection = sqlite3.connect(sqlite_database(store))
-            if _columns(connection, self.table) == SQLITE_COLUMNS:  # else: a layout this writer does not know
+            try:  # a layout this writer does not know goes to Feast's writer
+                known = _columns(connection, self.table) == SQLITE_COLUMNS
+            except sqlite3.Error:
+                known = False
+            if known:
                 self.sqlite = connection
             else:
                 connection.close()
@@ -109,12 +113,15 @@ def _columns(connection: sqlite3.Connection, table: str) -> list[str]:
 
 
 def _proto_values(column: pa.Array, field: str) -> list[ValueProto]:
-    """One ValueProto per value; an empty one for a null, as Feast writes it."""
-    return [ValueProto() if v is None else ValueProto(**{field: v}) for v in column.to_pylist()]
+    """One ValueProto per value; an empty one for a null or a NaN, as Feast writes them (strings as text)."""
+    if field == "string_val" and column.type != pa.string():
+        column = column.cast(pa.string())
+    values = column.to_pylist()
+    if field == "float_val":
+        values = [None if v != v else v for v in values]  # NaN is the one value unequal to itself
+    return [ValueProto() if v is None else ValueProto(**{field: v}) for v in values]
 
 
 def _naive_utc(column: pa.Array) -> list[datetime]:
-    """Times as naive UTC datetimes, as Feast hands them to the online store."""
-    if column.type.tz is not None:
-        column = column.cast(pa.timestamp(column.type.unit))
-    return column.to_pylist()
+    """Times as naive UTC datetimes (microseconds: what datetime holds), as Feast hands them to the online store."""
+    return column.cast(pa.timestamp("us")).to_pylist()

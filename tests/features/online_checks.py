@@ -16,6 +16,8 @@ def reads_equal_the_sdks(online: OnlineFeatures, events: pd.DataFrame) -> None:
         known = events[key].dropna().drop_duplicates().head(300).tolist()
         values = [*known, *(["never-seen", "é"] if key != EVENT_ID else [-5]), None]
         got = online.reader.read(key, values)
+        alike = str(known[0]).encode() if key != EVENT_ID else str(known[0])  # the same key, held another way
+        assert online.reader.read(key, [known[0], alike]) == {f: [got[f][0]] * 2 for f in features}
         asked = [v for v in values if v is not None]
         sdk = online.store.get_online_features(
             features=[f"{view.name}:{f}" for f in features], entity_rows=[{key: v} for v in asked]

@@ -190,9 +190,9 @@ def test_online_rows_are_what_feasts_own_conversion_gives() -> None:
         {
             "event_id": pa.array([3, 1, 2], pa.int64()),
             "colour": ["red", None, "é"],
-            "weight": pa.array([0.1, 2.5, None], pa.float32()),
+            "weight": pa.array([0.1, float("nan"), None], pa.float32()),  # Feast writes NaN as a null
             "n": pa.array([None, 7, -1], pa.int64()),
-            "ts": times,
+            "ts": times.cast(pa.timestamp("ns", "UTC")),  # nanoseconds, as pandas writes them
             "created": times,
         }
     )
