@@ -56,7 +56,9 @@ class OnlineWriter:
     def __init__(self, store: FeatureStore, provider: Provider, view: FeatureView):
         self.store, self.provider, self.view = store, provider, view
         self.sqlite: sqlite3.Connection | None = None
-        if isinstance(provider.online_store, SqliteOnlineStore) and not store.config.online_store.vector_enabled:
+        if isinstance(provider.online_store, SqliteOnlineStore) and not getattr(
+            store.config.online_store, "vector_enabled", False
+        ):
             connection = sqlite3.connect(sqlite_database(store))
             try:  # a layout this writer does not know goes to Feast's writer
                 known = _columns(connection, self.table) == SQLITE_COLUMNS
