@@ -81,11 +81,10 @@ OFFLINE_STORES = {
     },
     "spark-k8s": {"type": SPARK_STORE, "spark_conf": {**SPARK_ON_KUBERNETES, **SPARK_CONF}},  # executors as pods
 }
-# Each offline store's query of the entity rows in a Parquet file
+# Each offline store's query of the entity rows in a Parquet file, by its type
 PARQUET_QUERIES = {
-    "duckdb": "SELECT * FROM read_parquet('{path}')",
-    "spark": "SELECT * FROM parquet.`{path}`",
-    "spark-k8s": "SELECT * FROM parquet.`{path}`",
+    OFFLINE_STORES["duckdb"]["type"]: "SELECT * FROM read_parquet('{path}')",
+    SPARK_STORE: "SELECT * FROM parquet.`{path}`",
 }
 LOCAL_CONFIG = "feature_store.yaml"
 PRODUCTION_CONFIG = "feature_store.production.yaml"
@@ -108,8 +107,8 @@ def offline_engine(name: str) -> dict:
         raise ValueError(f"offline store engine {name!r} needs pyspark: pip install 'nasrec-pipeline[spark]'")
     if name.startswith("spark") and shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         raise ValueError(f"offline store engine {name!r} needs a JDK (java on PATH or JAVA_HOME; Debian: default-jdk)")
-    unset = [v for v in SPARK_ON_KUBERNETES_ENV if name == "spark-k8s" and not os.environ.get(v)]
-    if unset:
+    unset = [v for v in SPARK_ON_KUBERNETES_ENV if not os.environ.get(v)]
+    if name == "spark-k8s" and unset:
         raise ValueError(f"offline store engine 'spark-k8s' runs in the pipeline's ingest pod, which sets {unset}")
     return OFFLINE_STORES[name]
 

@@ -125,7 +125,7 @@ def ingest(
     """`engine` is the offline store that runs the point-in-time join and later materialisations: "duckdb" on this
     machine, "spark" for logs beyond one (features.feast_repo.OFFLINE_STORES)."""
     split.check()
-    offline_engine(engine)
+    entity_rows_query = PARQUET_QUERIES[offline_engine(engine)["type"]]  # an engine that cannot run fails here
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = out_dir / ".staging"
@@ -144,7 +144,7 @@ def ingest(
         entities, joined = staging / "entities.parquet", staging / "joined.parquet"
         with _duckdb() as con:
             con.execute(f"COPY ({spine_query(schema, events_path, split, rows)}) TO {sql_literal(entities)}")
-        historical_features(store, schema, PARQUET_QUERIES[engine].format(path=entities), joined)
+        historical_features(store, schema, entity_rows_query.format(path=entities), joined)
         join_seconds = time.perf_counter() - started - read_seconds
         split_stats = _split_stats(joined, schema)
         log(f"point-in-time join of {rows:,} rows through Feast in {join_seconds:.1f} s")
@@ -350,9 +350,9 @@ class OnlineFeatures:
 
         The latest row per key comes from one pass of the offline store over the source (ours: DuckDB here, Spark on
         a cluster) and is written `batch_rows` keys at a time (`features.online_write`), so a key with many rows is
-        written once. (Feast's
-        own `materialize` reads every row of the range into pandas and drops duplicates there: about 2,400 keys/s
-        and all rows in memory on a 1M-row log.) The materialised range is recorded in the registry, as Feast does.
+        written once. (Feast's own `materialize` reads every row of the range into pandas and drops duplicates
+        there: about 2,400 keys/s and all rows in memory on a 1M-row log.) The materialised range is recorded in
+        the registry, as Feast does.
         """
         written = 0
         offline_store = self.reader.provider.offline_store

@@ -56,6 +56,12 @@ class OnlineWriter:
     def __init__(self, store: FeatureStore, provider: Provider, view: FeatureView):
         self.store, self.provider, self.view = store, provider, view
         self.sqlite: sqlite3.Connection | None = None
+        table = self.table.replace('"', '""')
+        updates = ", ".join(f"{c} = excluded.{c}" for c in SQLITE_WRITTEN[2:])
+        self.upsert = (
+            f'INSERT INTO "{table}" ({", ".join(SQLITE_WRITTEN)}) VALUES ({", ".join("?" * len(SQLITE_WRITTEN))}) '
+            f"ON CONFLICT(entity_key, feature_name) DO UPDATE SET {updates}"
+        )
         if isinstance(provider.online_store, SqliteOnlineStore) and not getattr(
             store.config.online_store, "vector_enabled", False
         ):
@@ -95,13 +101,7 @@ class OnlineWriter:
             key = serialize_entity_key(entity_key, entity_key_serialization_version=version)
             for name, value in values.items():
                 records.append((key, name, value.SerializeToString(), _text(value), event_time, created_time))
-        updates = ", ".join(f"{c} = excluded.{c}" for c in SQLITE_WRITTEN[2:])
-        table = self.table.replace('"', '""')
-        self.sqlite.executemany(  # in the transaction __exit__ commits
-            f'INSERT INTO "{table}" ({", ".join(SQLITE_WRITTEN)}) VALUES ({", ".join("?" * len(SQLITE_WRITTEN))}) '
-            f"ON CONFLICT(entity_key, feature_name) DO UPDATE SET {updates}",
-            records,
-        )
+        self.sqlite.executemany(self.upsert, records)  # in the transaction __exit__ commits
 
 
 def _text(value: ValueProto) -> str | None:

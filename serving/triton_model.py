@@ -171,7 +171,7 @@ class TritonPythonModel:
             self.byte_fields = [i["name"] for i in config["input"] if i["data_type"] == "TYPE_STRING"]
             pb_utils.deserialize_bytes_tensor = keep_serialized  # what the stub calls for BYTES inputs
         # what is loaded lives as long as the model, so a full collection need not walk it mid-request (one stalled
-        # a 512-key online read by up to ~180 ms in bench/ingest.py's lookups)
+        # a 512-key online read by up to ~180 ms in a timing of reads like bench/ingest.py's)
         gc.collect()
         gc.freeze()
 
